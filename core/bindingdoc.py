@@ -1,0 +1,144 @@
+"""The bindings document the operator writes and the service reads (one file, content-hashed)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gitlab_sts.core.bindings import API_VERSION, KIND, CompiledBinding, compile_binding, compile_manifest
+from gitlab_sts.core.errors import CompileError, ConfigError
+
+DOC_FILE = "bindings.json"
+DOC_FILE_GZ = "bindings.json.gz"
+DOC_KIND = "GitLabAWSBindingSet"
+# A ConfigMap holds at most 1 MiB; past this the document is stored gzipped in binaryData.
+GZIP_THRESHOLD = 700 * 1024
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A binding that did not compile, and why."""
+
+    key: str
+    error: str
+
+
+@dataclass(frozen=True)
+class LoadedBindings:
+    """Compiled bindings from a folder, plus what was rejected and the content hash."""
+
+    bindings: tuple[CompiledBinding, ...]
+    rejected: tuple[Rejected, ...] = ()
+    digest: str = ""
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def normalised_spec(binding: CompiledBinding) -> dict[str, Any]:
+    """The spec as canonical JSON data (camelCase, defaults dropped)."""
+    return binding.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def render_document(bindings: Iterable[CompiledBinding]) -> tuple[bytes, str]:
+    """Serialise compiled bindings deterministically; returns (bytes, sha256 hex of the content)."""
+    entries = [
+        {"namespace": b.namespace, "name": b.name, "spec": normalised_spec(b)}
+        for b in sorted(bindings, key=lambda b: (b.namespace, b.name))
+    ]
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    doc = {"apiVersion": API_VERSION, "kind": DOC_KIND, "sha256": digest, "bindings": entries}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), digest
+
+
+def configmap_payload(bindings: Iterable[CompiledBinding]) -> tuple[dict[str, str], dict[str, bytes], str]:
+    """Split into ConfigMap data / binaryData: plain JSON, or gzip when it would pass ~700 KiB."""
+    raw, digest = render_document(bindings)
+    if len(raw) <= GZIP_THRESHOLD:
+        return {DOC_FILE: raw.decode()}, {}, digest
+    # mtime=0 keeps the gzip bytes deterministic for the same content.
+    return {}, {DOC_FILE_GZ: gzip.compress(raw, mtime=0)}, digest
+
+
+def parse_document(raw: bytes, source: str) -> LoadedBindings:
+    """Parse a bindings document, recompiling every entry (a bad one is rejected, not fatal)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{source}: not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND or not isinstance(doc.get("bindings"), list):
+        raise ConfigError(f"{source}: not a {DOC_KIND} document")
+    entries = doc["bindings"]
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    if doc.get("sha256") != digest:
+        raise ConfigError(f"{source}: content hash does not match (truncated or edited by hand?)")
+    good: list[CompiledBinding] = []
+    bad: list[Rejected] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{source}: bindings[{i}] is not an object")
+        ns, name, spec = entry.get("namespace"), entry.get("name"), entry.get("spec")
+        if not isinstance(ns, str) or not isinstance(name, str) or not isinstance(spec, Mapping):
+            raise ConfigError(f"{source}: bindings[{i}] needs namespace, name and spec")
+        try:
+            good.append(compile_binding(ns, name, spec))
+        except CompileError as exc:
+            bad.append(Rejected(f"{ns}/{name}", str(exc)))
+    return LoadedBindings(tuple(good), tuple(bad), digest, source)
+
+
+def load_manifests(paths: Iterable[Path]) -> LoadedBindings:
+    """Compile GitLabAWSBinding manifests from YAML files (what users kubectl apply)."""
+    good: dict[str, CompiledBinding] = {}
+    bad: list[Rejected] = []
+    hasher = hashlib.sha256()
+    for path in sorted(paths):
+        text = path.read_bytes()
+        hasher.update(path.name.encode() + b"\0" + text + b"\0")
+        try:
+            docs = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
+        for i, doc in enumerate(docs):
+            if doc is None:
+                continue
+            where = f"{path.name}#{i}"
+            if not isinstance(doc, Mapping) or doc.get("kind") != KIND:
+                continue  # other kinds may share a file (e.g. a Namespace); they are not ours
+            try:
+                binding = compile_manifest(doc)
+            except CompileError as exc:
+                meta = doc.get("metadata")
+                meta = meta if isinstance(meta, Mapping) else {}
+                bad.append(Rejected(f"{meta.get('namespace', 'default')}/{meta.get('name', where)}", str(exc)))
+                continue
+            if binding.key in good:
+                bad.append(Rejected(binding.key, f"defined twice (again in {where})"))
+                continue
+            good[binding.key] = binding
+    return LoadedBindings(tuple(good.values()), tuple(bad), hasher.hexdigest(), "manifests")
+
+
+def load_bindings_dir(directory: Path) -> LoadedBindings:
+    """Load a bindings folder: the operator's document if present, else YAML manifests."""
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: bindings folder does not exist")
+    gz, plain = directory / DOC_FILE_GZ, directory / DOC_FILE
+    if gz.exists():
+        try:
+            raw = gzip.decompress(gz.read_bytes())
+        except (OSError, EOFError):
+            raise ConfigError(f"{DOC_FILE_GZ}: not valid gzip") from None
+        return parse_document(raw, DOC_FILE_GZ)
+    if plain.exists():
+        return parse_document(plain.read_bytes(), DOC_FILE)
+    files = [p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    return load_manifests(files)

@@ -1,0 +1,397 @@
+"""GitLabAWSBinding: the spec model, its compiler and the per-request evaluation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import celpy
+from celpy.adapter import json_to_cel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from gitlab_sts.core.claims import ACCESS_LEVELS
+from gitlab_sts.core.errors import CompileError, FieldError
+from gitlab_sts.core.patterns import glob_to_regex
+from gitlab_sts.core.tags import MAX_TAGS, key_problem, sanitise_source_identity, sanitise_value
+
+GROUP = "gitlab-sts.io"
+VERSION = "v1alpha1"
+KIND = "GitLabAWSBinding"
+API_VERSION = f"{GROUP}/{VERSION}"
+MAX_NAME = 128
+ROLE_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$", re.ASCII)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
+
+
+class ProjectSelector(_Spec):
+    """Who: exactly one of a project path, a project id or a whole namespace (group)."""
+
+    path: str | None = Field(None, min_length=1)
+    id: str | None = Field(None, pattern=r"^[0-9]+$")
+    namespace: str | None = Field(None, min_length=1)
+
+
+class Rules(_Spec):
+    """When: every rule given must hold."""
+
+    refs: tuple[str, ...] | None = None
+    ref_type: Literal["branch", "tag"] | None = None
+    protected_ref: bool | None = None
+    environments: tuple[str, ...] | None = None
+    protected_environment: bool | None = None
+    pipeline_sources: tuple[str, ...] | None = None
+    runner_ids: tuple[int, ...] | None = None
+    runner_environment: Literal["self-hosted", "gitlab-hosted"] | None = None
+    min_access_level: Literal["guest", "planner", "reporter", "developer", "maintainer", "owner"] | None = None
+    condition: str | None = None
+
+
+class AwsTarget(_Spec):
+    """What: the role and how the minted token looks."""
+
+    role_arn: str
+    audience: str | None = None
+    token_lifetime_seconds: int | None = Field(None, ge=60, le=43200)
+    session_tags: tuple[str, ...] = ()
+    transitive_tags: tuple[str, ...] = ()
+    source_identity: str | None = None
+    # Let the minted token outlive the GitLab token's own exp (off by default).
+    outlive_source_token: bool = False
+
+
+class BindingSpec(_Spec):
+    """The spec of a GitLabAWSBinding as users write it."""
+
+    issuer: str | None = None
+    project: ProjectSelector
+    rules: Rules = Rules()
+    aws: AwsTarget
+
+
+@dataclass(frozen=True)
+class RuleFailure:
+    """The first rule a binding failed: which rule, on which claim, expected versus actual."""
+
+    rule: str
+    claim: str
+    expected: Any
+    actual: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        """Render for JSON answers."""
+        return {"rule": self.rule, "claim": self.claim, "expected": self.expected, "actual": self.actual}
+
+    def sentence(self) -> str:
+        """Render as words a job log reader can act on."""
+        return f"{self.rule}: claim {self.claim} is {self.actual!r}, expected {self.expected}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a matching binding gives: everything the minter needs."""
+
+    subject: str
+    role_arn: str
+    audience: str
+    lifetime: int
+    tags: dict[str, str]
+    transitive_tags: tuple[str, ...]
+    source_identity: str | None
+
+
+Check = Callable[[Mapping[str, Any]], RuleFailure | None]
+
+
+@dataclass(frozen=True)
+class CompiledBinding:
+    """A binding ready to evaluate: its rules precompiled into checks."""
+
+    namespace: str
+    name: str
+    spec: BindingSpec
+    checks: tuple[Check, ...] = field(repr=False)
+    cel_source: str | None = None
+
+    @property
+    def key(self) -> str:
+        """namespace/name."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def subject(self) -> str:
+        """The sub of tokens minted for this binding."""
+        return subject_for(self.namespace, self.name)
+
+    def evaluate(self, claims: Mapping[str, Any]) -> RuleFailure | None:
+        """Return the first failed rule, or None when every rule holds."""
+        for check in self.checks:
+            failure = check(claims)
+            if failure is not None:
+                return failure
+        return None
+
+    def covers_project(self, claims: Mapping[str, Any]) -> bool:
+        """Whether the project selector names the token's project."""
+        return _project_check(self.spec.project)(claims) is None
+
+    def grant(self, claims: Mapping[str, Any], *, default_audience: str, default_lifetime: int,
+              max_lifetime: int) -> Grant | RuleFailure:
+        """Build the grant for a matching token (source identity may still fail)."""
+        aws = self.spec.aws
+        tags = {name: sanitise_value(_claim_text(claims.get(name))) for name in aws.session_tags}
+        source_identity = None
+        if aws.source_identity:
+            raw = claims.get(aws.source_identity)
+            source_identity = sanitise_source_identity(_claim_text(raw)) if raw is not None else None
+            if source_identity is None:
+                return RuleFailure("aws.sourceIdentity", aws.source_identity,
+                                   "2-64 characters usable as a source identity", raw)
+        lifetime = min(aws.token_lifetime_seconds or default_lifetime, max_lifetime)
+        return Grant(
+            subject=self.subject, role_arn=aws.role_arn, audience=aws.audience or default_audience,
+            lifetime=lifetime, tags=tags, transitive_tags=aws.transitive_tags,
+            source_identity=source_identity,
+        )
+
+
+def subject_for(namespace: str, name: str) -> str:
+    """The minted sub for a binding."""
+    return f"system:gitlabawsbinding:{namespace}:{name}"
+
+
+def _claim_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _project_check(sel: ProjectSelector) -> Check:
+    if sel.id is not None:
+        want = sel.id
+        return lambda c: None if c.get("project_id") == want else RuleFailure(
+            "project.id", "project_id", want, c.get("project_id"))
+    if sel.path is not None:
+        path = sel.path.casefold()
+        return lambda c: None if str(c.get("project_path", "")).casefold() == path else RuleFailure(
+            "project.path", "project_path", sel.path, c.get("project_path"))
+    assert sel.namespace is not None
+    prefix = sel.namespace.casefold().rstrip("/") + "/"
+    return lambda c: None if str(c.get("project_path", "")).casefold().startswith(prefix) else RuleFailure(
+        "project.namespace", "project_path", f"a project under {sel.namespace}/", c.get("project_path"))
+
+
+def _globs_check(rule: str, claim: str, patterns: tuple[str, ...], errors: list[FieldError]) -> Check | None:
+    compiled = []
+    for i, p in enumerate(patterns):
+        try:
+            compiled.append(glob_to_regex(p))
+        except ValueError as exc:
+            errors.append(FieldError(f"spec.{rule}[{i}]", f"bad pattern {p!r}: {exc}"))
+    if not patterns:
+        errors.append(FieldError(f"spec.{rule}", "must list at least one pattern (omit the rule to allow any)"))
+
+    def check(c: Mapping[str, Any]) -> RuleFailure | None:
+        value = c.get(claim)
+        if isinstance(value, str) and any(rx.fullmatch(value) for rx in compiled):
+            return None
+        return RuleFailure(rule, claim, f"one of {list(patterns)}", value)
+    return check
+
+
+def _equals_check(rule: str, claim: str, want: Any) -> Check:
+    return lambda c: None if c.get(claim) == want else RuleFailure(rule, claim, want, c.get(claim))
+
+
+def _member_check(rule: str, claim: str, allowed: tuple[Any, ...]) -> Check:
+    values = frozenset(allowed)
+    return lambda c: None if c.get(claim) in values else RuleFailure(
+        rule, claim, f"one of {list(allowed)}", c.get(claim))
+
+
+def _access_check(minimum: str) -> Check:
+    floor = ACCESS_LEVELS.index(minimum)
+
+    def check(c: Mapping[str, Any]) -> RuleFailure | None:
+        level = c.get("user_access_level")
+        if isinstance(level, str) and level in ACCESS_LEVELS and ACCESS_LEVELS.index(level) >= floor:
+            return None
+        return RuleFailure("rules.minAccessLevel", "user_access_level", f"{minimum} or higher", level)
+    return check
+
+
+_CEL_ENV = celpy.Environment()
+
+
+def _cel_check(source: str, errors: list[FieldError]) -> Check | None:
+    try:
+        program = _CEL_ENV.program(_CEL_ENV.compile(source))
+    except Exception as exc:  # celpy raises its own parser errors; all mean "does not compile"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        errors.append(FieldError("spec.rules.condition", f"CEL expression does not compile: {first}"))
+        return None
+
+    def check(c: Mapping[str, Any]) -> RuleFailure | None:
+        try:
+            result = program.evaluate({"claims": json_to_cel(dict(c))})
+        except Exception as exc:  # evaluation errors (missing claim, bad types) deny
+            return RuleFailure("rules.condition", "claims", source, f"evaluation error: {exc}")
+        if isinstance(result, celpy.celtypes.BoolType):
+            return None if bool(result) else RuleFailure("rules.condition", "claims", source, False)
+        # celpy returns (not raises) some evaluation errors; anything but a boolean denies.
+        return RuleFailure("rules.condition", "claims", source, f"not a boolean: {result!r}")
+    return check
+
+
+def _check_metadata(namespace: str, name: str, errors: list[FieldError]) -> None:
+    if not _DNS_LABEL.match(namespace):
+        errors.append(FieldError("metadata.namespace", "must be a DNS label"))
+    if not name or len(name) > MAX_NAME or not _DNS_SUBDOMAIN.match(name):
+        errors.append(FieldError("metadata.name", f"must be a DNS subdomain name of at most {MAX_NAME} characters"))
+
+
+def compile_binding(namespace: str, name: str, spec: Mapping[str, Any]) -> CompiledBinding:
+    """Validate and compile one binding spec; raise CompileError naming every bad field."""
+    errors: list[FieldError] = []
+    _check_metadata(namespace, name, errors)
+    try:
+        model = BindingSpec.model_validate(spec)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            errors.append(FieldError(f"spec.{loc}" if loc else "spec", err["msg"]))
+        raise CompileError(errors) from None
+
+    sel = model.project
+    chosen = [k for k in ("path", "id", "namespace") if getattr(sel, k) is not None]
+    if len(chosen) != 1:
+        errors.append(FieldError("spec.project", f"set exactly one of path, id, namespace (got {chosen or 'none'})"))
+    aws = model.aws
+    if not ROLE_ARN.match(aws.role_arn):
+        errors.append(FieldError("spec.aws.roleArn", "must look like arn:aws:iam::123456789012:role/NAME"))
+    if len(aws.session_tags) > MAX_TAGS:
+        errors.append(FieldError("spec.aws.sessionTags", f"at most {MAX_TAGS} session tags"))
+    seen: set[str] = set()
+    for i, tag in enumerate(aws.session_tags):
+        problem = key_problem(tag)
+        if problem:
+            errors.append(FieldError(f"spec.aws.sessionTags[{i}]", problem))
+        if tag.lower() in seen:  # AWS tag keys are case-insensitive
+            errors.append(FieldError(f"spec.aws.sessionTags[{i}]", f"duplicate tag {tag!r}"))
+        seen.add(tag.lower())
+    for i, tag in enumerate(aws.transitive_tags):
+        if tag not in aws.session_tags:
+            errors.append(FieldError(f"spec.aws.transitiveTags[{i}]", f"{tag!r} is not in sessionTags"))
+    if aws.audience is not None and not aws.audience.strip():
+        errors.append(FieldError("spec.aws.audience", "must not be empty"))
+
+    checks: list[Check] = []
+    if len(chosen) == 1:
+        checks.append(_project_check(sel))
+    r = model.rules
+    optional: list[Check | None] = []
+    if r.refs is not None:
+        optional.append(_globs_check("rules.refs", "ref", r.refs, errors))
+    if r.ref_type is not None:
+        optional.append(_equals_check("rules.refType", "ref_type", r.ref_type))
+    if r.protected_ref is not None:
+        optional.append(_equals_check("rules.protectedRef", "ref_protected", "true" if r.protected_ref else "false"))
+    if r.environments is not None:
+        optional.append(_globs_check("rules.environments", "environment", r.environments, errors))
+    if r.protected_environment is not None:
+        optional.append(_equals_check("rules.protectedEnvironment", "environment_protected",
+                                      "true" if r.protected_environment else "false"))
+    if r.pipeline_sources is not None:
+        optional.append(_member_check("rules.pipelineSources", "pipeline_source", r.pipeline_sources))
+    if r.runner_ids is not None:
+        optional.append(_member_check("rules.runnerIds", "runner_id", r.runner_ids))
+    if r.runner_environment is not None:
+        optional.append(_equals_check("rules.runnerEnvironment", "runner_environment", r.runner_environment))
+    if r.min_access_level is not None:
+        optional.append(_access_check(r.min_access_level))
+    if r.condition is not None:
+        optional.append(_cel_check(r.condition, errors))
+    checks.extend(c for c in optional if c is not None)
+    if errors:
+        raise CompileError(errors)
+    return CompiledBinding(namespace=namespace, name=name, spec=model, checks=tuple(checks),
+                           cel_source=r.condition)
+
+
+def compile_manifest(doc: Mapping[str, Any]) -> CompiledBinding:
+    """Compile a whole GitLabAWSBinding manifest (apiVersion, kind, metadata, spec)."""
+    errors: list[FieldError] = []
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(FieldError("apiVersion", f"must be {API_VERSION}"))
+    if doc.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND}"))
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        errors.append(FieldError("metadata", "must be a mapping"))
+        meta = {}
+    spec = doc.get("spec")
+    if not isinstance(spec, Mapping):
+        errors.append(FieldError("spec", "must be a mapping"))
+    if errors:
+        raise CompileError(errors)
+    assert isinstance(spec, Mapping)
+    return compile_binding(str(meta.get("namespace") or "default"), str(meta.get("name") or ""), spec)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A binding of the caller's project and how it fared."""
+
+    binding: CompiledBinding
+    failure: RuleFailure | None
+
+
+class BindingIndex:
+    """Bindings indexed by issuer and project so a lookup never scans them all."""
+
+    def __init__(self, bindings: Iterable[CompiledBinding], *, default_issuer: str | None) -> None:
+        self._by_id: dict[tuple[str, str], list[CompiledBinding]] = {}
+        self._by_path: dict[tuple[str, str], list[CompiledBinding]] = {}
+        self._by_ns: dict[tuple[str, str], list[CompiledBinding]] = {}
+        self.bindings: tuple[CompiledBinding, ...] = tuple(sorted(bindings, key=lambda b: b.key))
+        self.unresolved: list[CompiledBinding] = []
+        for b in self.bindings:
+            issuer = b.spec.issuer or default_issuer
+            if issuer is None:
+                self.unresolved.append(b)
+                continue
+            sel = b.spec.project
+            if sel.id is not None:
+                self._by_id.setdefault((issuer, sel.id), []).append(b)
+            elif sel.path is not None:
+                self._by_path.setdefault((issuer, sel.path.casefold()), []).append(b)
+            elif sel.namespace is not None:
+                self._by_ns.setdefault((issuer, sel.namespace.casefold().rstrip("/")), []).append(b)
+
+    def __len__(self) -> int:
+        return len(self.bindings)
+
+    def for_token(self, issuer: str, claims: Mapping[str, Any]) -> list[CompiledBinding]:
+        """The bindings whose project selector names this token's project, in name order."""
+        found: list[CompiledBinding] = []
+        found.extend(self._by_id.get((issuer, str(claims.get("project_id"))), ()))
+        path = str(claims.get("project_path", "")).casefold()
+        found.extend(self._by_path.get((issuer, path), ()))
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            found.extend(self._by_ns.get((issuer, "/".join(parts[:i])), ()))
+        found.sort(key=lambda b: b.key)
+        return found
+
+    def evaluate(self, issuer: str, claims: Mapping[str, Any]) -> list[Candidate]:
+        """Evaluate every binding of the token's project."""
+        return [Candidate(b, b.evaluate(claims)) for b in self.for_token(issuer, claims)]

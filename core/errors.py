@@ -1,0 +1,84 @@
+"""Errors of the exchange, each carrying its RFC 6749 code and HTTP status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ExchangeError(Exception):
+    """A refusal the HTTP layer renders as an RFC 6749 section 5.2 body."""
+
+    error = "invalid_request"
+    status = 400
+    # A short machine-readable reason for metrics and audit lines (bounded cardinality).
+    reason = "invalid_request"
+
+    def __init__(self, description: str, *, reason: str | None = None, **details: Any) -> None:
+        super().__init__(description)
+        self.description = description
+        if reason is not None:
+            self.reason = reason
+        self.details: dict[str, Any] = details
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON error body (never holds a token)."""
+        out: dict[str, Any] = {"error": self.error, "error_description": self.description}
+        out.update(self.details)
+        return out
+
+
+class InvalidRequest(ExchangeError):
+    """Malformed request, or a subject token that is bad, expired or untrusted."""
+
+    error = "invalid_request"
+    status = 400
+
+
+class UnsupportedGrantType(ExchangeError):
+    """The grant type is not RFC 8693 token exchange."""
+
+    error = "unsupported_grant_type"
+    status = 400
+    reason = "unsupported_grant_type"
+
+
+class InvalidTarget(ExchangeError):
+    """The token is valid but no binding lets it have the requested role."""
+
+    error = "invalid_target"
+    status = 403
+    reason = "no_binding"
+
+
+class TemporarilyUnavailable(ExchangeError):
+    """A dependency (GitLab keys, signing key) is not usable right now."""
+
+    error = "temporarily_unavailable"
+    status = 503
+    reason = "unavailable"
+
+
+class ConfigError(Exception):
+    """A settings, bindings or keys file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem in a binding, naming the field as a dotted path."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass
+class CompileError(Exception):
+    """A binding that cannot be compiled; every problem names its field."""
+
+    errors: list[FieldError] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(str(e) for e in self.errors)

@@ -1,0 +1,140 @@
+"""Verification of GitLab ID tokens against a trusted instance's key set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from gitlab_sts.core.claims import check_types
+from gitlab_sts.core.errors import InvalidRequest
+from gitlab_sts.core.jwtparse import parse_compact
+from gitlab_sts.core.settings import GitLabInstance, Settings
+
+# Header members that point at key material or change processing; a GitLab token never has them.
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64", "zip", "enc")
+_KTY_FOR_ALG = {"RS": "RSA", "ES": "EC"}
+
+
+class KeySource(Protocol):
+    """Gives the current key set of a trusted GitLab instance (cached by the caller)."""
+
+    def key_set(self, instance: GitLabInstance) -> KeySet:
+        """Return the cached key set, fetching when needed; raise TemporarilyUnavailable."""
+
+    def refresh(self, instance: GitLabInstance) -> KeySet | None:
+        """Refetch after an unknown kid, if the rate limit allows; None when it does not."""
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A GitLab token whose signature, issuer, audience and times all checked out."""
+
+    instance: GitLabInstance
+    claims: dict[str, Any]
+    kid: str | None
+
+
+def _pick_key(keys: KeySet, kid: str | None, alg: str) -> RSAKey | ECKey | None:
+    kty = _KTY_FOR_ALG[alg[:2]]
+    if kid is not None:
+        for key in keys.keys:
+            if key.kid == kid:
+                if key.key_type != kty or key.get("use", "sig") != "sig":
+                    return None
+                return key  # type: ignore[return-value]
+        return None
+    usable = [k for k in keys.keys if k.key_type == kty and k.get("use", "sig") == "sig"]
+    # Without a kid the choice must be unambiguous.
+    return usable[0] if len(usable) == 1 else None  # type: ignore[return-value]
+
+
+def verify_gitlab_token(
+    token: str, *, settings: Settings, keys: KeySource, now: float
+) -> VerifiedToken:
+    """Check a GitLab ID token fully, or raise InvalidRequest saying why."""
+    limits = settings.tokens
+    parsed = parse_compact(token, max_bytes=limits.max_token_bytes)
+    header, unverified = parsed.header, parsed.claims
+
+    iss = unverified.get("iss")
+    instance = settings.instance(iss) if isinstance(iss, str) else None
+    if instance is None:
+        # Only issuers from settings are ever contacted; an unknown iss is refused offline.
+        raise InvalidRequest("the token's issuer is not a trusted GitLab instance", reason="untrusted_issuer")
+
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in instance.algorithms:
+        raise InvalidRequest(
+            f"token algorithm {alg!r} is not allowed (allowed: {', '.join(instance.algorithms)})",
+            reason="bad_algorithm",
+        )
+    present = [h for h in _FORBIDDEN_HEADERS if h in header]
+    if present:
+        raise InvalidRequest(
+            f"token header carries unsupported members: {', '.join(present)}", reason="bad_header"
+        )
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+        raise InvalidRequest("token header 'typ' must be JWT", reason="bad_header")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise InvalidRequest("token header 'kid' must be a string", reason="bad_header")
+
+    key_set = keys.key_set(instance)
+    key = _pick_key(key_set, kid, alg)
+    if key is None and kid is not None:
+        refreshed = keys.refresh(instance)
+        if refreshed is not None:
+            key = _pick_key(refreshed, kid, alg)
+    if key is None:
+        if kid is None:
+            raise InvalidRequest(
+                "token has no 'kid' and the issuer publishes several keys", reason="missing_kid"
+            )
+        raise InvalidRequest(
+            "token is signed with a key the GitLab instance does not publish", reason="unknown_kid"
+        )
+
+    try:
+        jws.deserialize_compact(token, key, algorithms=[alg])
+    except (JoseError, ValueError):
+        raise InvalidRequest("token signature is not valid", reason="bad_signature") from None
+
+    claims = unverified
+    _check_audience(claims, instance)
+    _check_times(claims, now=now, leeway=limits.leeway)
+    check_types(claims)
+    return VerifiedToken(instance=instance, claims=claims, kid=kid)
+
+
+def _check_audience(claims: dict[str, Any], instance: GitLabInstance) -> None:
+    aud = claims.get("aud")
+    values = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
+    if not values or not all(isinstance(v, str) for v in values):
+        raise InvalidRequest("token has no usable 'aud' claim", reason="bad_audience")
+    if not any(v in instance.audiences for v in values):
+        raise InvalidRequest(
+            f"token audience is not accepted (expected one of: {', '.join(instance.audiences)})",
+            reason="bad_audience",
+        )
+
+
+def _check_times(claims: dict[str, Any], *, now: float, leeway: int) -> None:
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if value is None and name == "nbf":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"token claim {name!r} must be an integer", reason="claim_type")
+    exp, iat = claims["exp"], claims["iat"]
+    if now >= exp + leeway:
+        raise InvalidRequest("token has expired", reason="expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise InvalidRequest("token is not valid yet (nbf is in the future)", reason="not_yet_valid")
+    if now + leeway < iat:
+        raise InvalidRequest("token was issued in the future (iat)", reason="not_yet_valid")
