@@ -11,7 +11,7 @@ from typing import Any
 
 from gitlab_sts.core.errors import InvalidRequest
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ def _no_constants(name: str) -> Any:
 
 def b64url_decode(segment: str) -> bytes:
     """Decode unpadded base64url, refusing any other alphabet or padding."""
-    if not _B64URL.match(segment) or len(segment) % 4 == 1:
+    # fullmatch, not match: `$` would also match before a trailing newline, which base64 then ignores.
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
@@ -68,7 +69,8 @@ def parse_compact(token: str, *, max_bytes: int) -> UnverifiedJWT:
         header = strict_json_object(b64url_decode(parts[0]))
         claims = strict_json_object(b64url_decode(parts[1]))
         b64url_decode(parts[2])
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+    # RecursionError: json gives up on deeply nested arrays/objects, which fit well within the size limit.
+    except (ValueError, UnicodeDecodeError, binascii.Error, RecursionError) as exc:
         raise InvalidRequest(
             f"the subject_token is malformed: {_describe(exc)}", reason="malformed_token"
         ) from None
