@@ -91,6 +91,8 @@ class RuleFailure:
 
     def sentence(self) -> str:
         """Render as words a job log reader can act on."""
+        if self.rule == "rules.condition":
+            return f"rules.condition: the CEL condition {self.expected!r} gave {self.actual!r}, not true"
         return f"{self.rule}: claim {self.claim} is {self.actual!r}, expected {self.expected}"
 
 

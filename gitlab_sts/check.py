@@ -1,0 +1,107 @@
+"""`gitlab-sts check`: the service's decision, offline, for a bindings repository's own CI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gitlab_sts.core.bindingdoc import LoadedBindings, load_bindings_dir
+from gitlab_sts.core.bindings import BindingIndex
+from gitlab_sts.core.claims import check_types
+from gitlab_sts.core.errors import ConfigError, ExchangeError
+from gitlab_sts.core.exchange import explain
+from gitlab_sts.core.jwtparse import parse_compact
+from gitlab_sts.core.settings import GitLabInstance, Settings, parse_settings
+from gitlab_sts.core.verify import VerifiedToken
+
+EXIT_MATCH, EXIT_NO_MATCH, EXIT_INVALID = 0, 1, 2
+
+
+def _claims(args: argparse.Namespace) -> dict[str, Any]:
+    if args.claims is not None:
+        data = json.loads(args.claims.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.claims}: expected a JSON object of claims")
+        return data
+    # Offline: the signature cannot be checked here, and the check says so.
+    return parse_compact(args.token.read_text().strip(), max_bytes=65536).claims
+
+
+def _settings(args: argparse.Namespace, issuer: str) -> Settings:
+    if args.settings is not None:
+        return parse_settings(args.settings.read_text(), source=str(args.settings))
+    return Settings(issuer="https://sts.invalid", gitlab=(GitLabInstance(issuer=issuer, audiences=("any",),
+                                                                         allow_insecure_http=True),))
+
+
+def _print_rejected(loaded: LoadedBindings) -> None:
+    for bad in loaded.rejected:
+        print(f"INVALID {bad.key}: {bad.error}")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Validate manifests and, given claims or a token, print which binding matches and why others do not."""
+    try:
+        loaded = load_bindings_dir(args.bindings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    problems = [f"{b.key}: {b.error}" for b in loaded.rejected]
+    if args.crd is not None:
+        problems.extend(_crd_problems(args.bindings, args.crd))
+    if args.claims is None and args.token is None:
+        if args.json:
+            print(json.dumps({"valid": [b.key for b in loaded.bindings], "invalid": problems}, indent=2))
+        else:
+            for b in loaded.bindings:
+                print(f"ok      {b.key}  ->  {b.spec.aws.role_arn}")
+            for p in problems:
+                print(f"INVALID {p}")
+        return EXIT_INVALID if problems else EXIT_MATCH
+    try:
+        claims = _claims(args)
+        check_types(claims)
+    except (ValueError, OSError, ExchangeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    issuer = str(claims.get("iss", ""))
+    try:
+        settings = _settings(args, issuer)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    instance = settings.instance(issuer)
+    if instance is None:
+        print(f"error: issuer {issuer!r} is not trusted by the settings", file=sys.stderr)
+        return EXIT_INVALID
+    default_issuer = settings.gitlab[0].issuer if len(settings.gitlab) == 1 else None
+    index = BindingIndex(loaded.bindings, default_issuer=default_issuer)
+    rows = explain(VerifiedToken(instance=instance, claims=claims, kid=None), index, settings)
+    matches = [r for r in rows if r["matches"]]
+    if args.json:
+        print(json.dumps({"bindings": rows, "invalid": problems}, indent=2, default=str))
+    else:
+        if args.token is not None:
+            print("note: the token's signature was not checked (offline)")
+        if not rows:
+            print(f"no binding names project {claims.get('project_path')} (id {claims.get('project_id')})")
+        for r in rows:
+            verdict = "MATCH  " if r["matches"] else "no     "
+            detail = f"-> {r['role_arn']} as {r['subject']}" if r["matches"] else r["reason"]
+            print(f"{verdict} {r['binding']}: {detail}")
+        for p in problems:
+            print(f"INVALID {p}")
+    if problems:
+        return EXIT_INVALID
+    return EXIT_MATCH if len(matches) == 1 else EXIT_NO_MATCH
+
+
+def _crd_problems(directory: Path, crd: Path) -> list[str]:
+    try:
+        from gitlab_sts.core import crdschema
+    except ImportError:
+        return [f"{crd}: CRD validation is not available in this build"]
+    return list(crdschema.validate_directory(directory, crd))

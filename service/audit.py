@@ -1,0 +1,69 @@
+"""One JSON audit line per decision, and JSON logging for everything else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+AUDIT = logging.getLogger("gitlab_sts.audit")
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+AUDIT_CLAIMS = ("project_path", "project_id", "ref", "ref_type", "pipeline_id", "job_id", "user_login",
+                "environment", "runner_id")
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 of a token: what logs carry instead of the token."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON object; extra fields become members."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format the record."""
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send JSON lines to stderr for the gitlab_sts loggers (idempotent)."""
+    root = logging.getLogger("gitlab_sts")
+    if any(getattr(h, "_gitlab_sts", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._gitlab_sts = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def audit(*, endpoint: str, result: str, reason: str, token: str | None, claims: dict[str, Any] | None,
+          binding: str | None = None, role_arn: str | None = None, jti: str | None = None,
+          kid: str | None = None, error: str | None = None) -> None:
+    """Write one audit line for one decision (claims are picked, the token is only hashed)."""
+    record: dict[str, Any] = {"event": "exchange", "endpoint": endpoint, "result": result, "reason": reason}
+    if token is not None:
+        record["token_sha256"] = token_digest(token)
+    if claims:
+        record["issuer"] = claims.get("iss") if isinstance(claims.get("iss"), str) else None
+        for name in AUDIT_CLAIMS:
+            if name in claims:
+                record[name] = claims[name]
+    for key, value in (("binding", binding), ("role_arn", role_arn), ("jti", jti), ("kid", kid),
+                       ("error", error)):
+        if value is not None:
+            record[key] = value
+    AUDIT.info("exchange %s", result, extra=record)

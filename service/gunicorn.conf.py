@@ -1,0 +1,40 @@
+"""gunicorn settings shared by the container and `gitlab-sts serve` (environment-driven)."""
+
+import os
+import shutil
+import tempfile
+
+# Prometheus multiprocess mode must be configured before any worker imports prometheus_client.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if not _metrics_dir:
+    _metrics_dir = tempfile.mkdtemp(prefix="gitlab-sts-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+else:
+    # A restart must not add up counters from a previous run.
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, exist_ok=True)
+
+wsgi_app = "gitlab_sts.service.app:create_app()"
+bind = [os.environ.get("GITLAB_STS_BIND", "0.0.0.0:8080")]
+workers = int(os.environ.get("GITLAB_STS_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GITLAB_STS_THREADS", "4"))
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+# Bodies are small forms; refuse absurd request lines and headers early.
+limit_request_line = 8190
+limit_request_fields = 50
+accesslog = os.environ.get("GITLAB_STS_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("GITLAB_STS_LOG_LEVEL", "info")
+certfile = os.environ.get("GITLAB_STS_TLS_CERT") or None
+keyfile = os.environ.get("GITLAB_STS_TLS_KEY") or None
+forwarded_allow_ips = os.environ.get("GITLAB_STS_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Drop a dead worker's live gauges so metrics stay correct after a restart."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

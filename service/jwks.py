@@ -1,0 +1,198 @@
+"""GitLab key sets: fetched only from trusted issuers, cached, refreshed on new kids, served stale in outages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc.jwk import KeySet
+
+from gitlab_sts.core.errors import TemporarilyUnavailable
+from gitlab_sts.core.settings import GitLabInstance, JwksSettings, check_url
+from gitlab_sts.service import metrics
+
+log = logging.getLogger("gitlab_sts.service.jwks")
+MAX_DOCUMENT_BYTES = 512 * 1024
+_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+
+
+class FetchError(Exception):
+    """A discovery or JWKS fetch that failed (reason only, never content)."""
+
+
+@dataclass
+class _Entry:
+    keys: KeySet | None = None
+    fetched_at: float = 0.0
+    fresh_until: float = 0.0
+    last_attempt: float = float("-inf")
+    last_error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A redirect would lead to a URL that is not in settings.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _max_age(cache_control: str | None) -> int | None:
+    if not cache_control:
+        return None
+    if "no-store" in cache_control.lower() or "no-cache" in cache_control.lower():
+        return 0
+    match = _MAX_AGE.search(cache_control)
+    return int(match.group(1)) if match else None
+
+
+class JwksCache:
+    """Implements core.verify.KeySource over HTTP with per-issuer caching."""
+
+    def __init__(self, settings: JwksSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def configure(self, settings: JwksSettings) -> None:
+        """Adopt new cache settings after a settings reload (cached keys stay)."""
+        self.settings = settings
+
+    def status(self) -> dict[str, Any]:
+        """Per issuer: whether keys are held, their age and the last error (for /readyz)."""
+        now = self._clock()
+        return {
+            issuer: {"cached": e.keys is not None, "age_seconds": round(now - e.fetched_at) if e.keys else None,
+                     "fresh": now < e.fresh_until, "last_error": e.last_error}
+            for issuer, e in self._entries.items()
+        }
+
+    def key_set(self, instance: GitLabInstance) -> KeySet:
+        """The instance's keys: cached when fresh, refetched when not, stale within bounds in an outage."""
+        if instance.jwks is not None:
+            return self._pinned(instance)
+        entry = self._entry(instance)
+        if entry.keys is not None and self._clock() < entry.fresh_until:
+            return entry.keys
+        with entry.lock:
+            now = self._clock()
+            if entry.keys is not None and now < entry.fresh_until:
+                return entry.keys
+            # Retry an expired or failing issuer at most once per interval, not on every request.
+            if now - entry.last_attempt >= self.settings.refetch_interval_seconds:
+                self._fetch(instance, entry)
+                now = self._clock()
+            if entry.keys is not None and now - entry.fresh_until <= self.settings.max_stale_seconds:
+                return entry.keys  # fresh, or stale within bounds while GitLab is unreachable
+        raise TemporarilyUnavailable(
+            "the GitLab instance's signing keys cannot be fetched right now; try again shortly",
+            reason="jwks_unavailable",
+        )
+
+    def refresh(self, instance: GitLabInstance) -> KeySet | None:
+        """Refetch after an unknown kid, at most once per refetch interval per issuer."""
+        if instance.jwks is not None:
+            return None
+        entry = self._entry(instance)
+        with entry.lock:
+            if self._clock() - entry.last_attempt < self.settings.refetch_interval_seconds:
+                return None
+            self._fetch(instance, entry)
+            return entry.keys
+
+    def _entry(self, instance: GitLabInstance) -> _Entry:
+        entry = self._entries.get(instance.issuer)
+        if entry is None:
+            with self._lock:
+                entry = self._entries.setdefault(instance.issuer, _Entry())
+        return entry
+
+    def _pinned(self, instance: GitLabInstance) -> KeySet:
+        entry = self._entry(instance)
+        if entry.keys is None:
+            entry.keys = KeySet.import_key_set(instance.jwks)  # type: ignore[arg-type]
+            entry.fetched_at = entry.fresh_until = float("inf")
+        return entry.keys
+
+    def _fetch(self, instance: GitLabInstance, entry: _Entry) -> None:
+        entry.last_attempt = self._clock()
+        try:
+            jwks_uri = instance.jwks_uri or self._discover(instance)
+            document, cache_control = self._get_json(jwks_uri, instance)
+            keys = _import_keys(document)
+        except FetchError as exc:
+            entry.last_error = str(exc)
+            metrics.JWKS_FETCHES.labels(issuer=instance.issuer, result="error").inc()
+            log.warning("GitLab key fetch failed", extra={"event": "jwks_fetch", "issuer": instance.issuer,
+                                                          "error": str(exc)})
+            return
+        s = self.settings
+        max_age = _max_age(cache_control)
+        ttl = min(max(max_age if max_age is not None else 3600, s.min_cache_seconds), s.max_cache_seconds)
+        entry.keys, entry.fetched_at, entry.last_error = keys, self._clock(), None
+        entry.fresh_until = entry.fetched_at + ttl
+        metrics.JWKS_FETCHES.labels(issuer=instance.issuer, result="ok").inc()
+        log.info("GitLab keys fetched", extra={"event": "jwks_fetch", "issuer": instance.issuer,
+                                               "keys": len(keys.keys), "ttl": ttl})
+
+    def _discover(self, instance: GitLabInstance) -> str:
+        doc, _ = self._get_json(instance.discovery_url, instance)
+        if doc.get("issuer") != instance.issuer:
+            raise FetchError("discovery document's issuer does not equal the configured issuer")
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str):
+            raise FetchError("discovery document has no jwks_uri")
+        try:
+            return check_url(uri, allow_http=instance.allow_insecure_http, what="jwks_uri")
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
+
+    def _get_json(self, url: str, instance: GitLabInstance) -> tuple[dict[str, Any], str | None]:
+        context = ssl.create_default_context(cafile=instance.ca_bundle) if url.startswith("https:") else None
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(*handlers)
+        # Only http(s) URLs from settings (checked by check_url) reach this point.
+        request = urllib.request.Request(url, headers={"Accept": "application/json",  # noqa: S310
+                                                       "User-Agent": "gitlab-sts"})
+        try:
+            with opener.open(request, timeout=self.settings.timeout_seconds) as response:  # noqa: S310
+                body = response.read(MAX_DOCUMENT_BYTES + 1)
+                cache_control = response.headers.get("Cache-Control")
+        except urllib.error.HTTPError as exc:
+            raise FetchError(f"{url} answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise FetchError(f"{url} unreachable: {reason}") from None
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise FetchError(f"{url} did not answer JSON") from None
+        if not isinstance(doc, dict):
+            raise FetchError(f"{url} did not answer a JSON object")
+        return doc, cache_control
+
+
+def _import_keys(document: dict[str, Any]) -> KeySet:
+    raw = document.get("keys")
+    if not isinstance(raw, list):
+        raise FetchError("JWKS has no keys list")
+    usable = [k for k in raw if isinstance(k, dict) and k.get("kty") in ("RSA", "EC") and "d" not in k]
+    if not usable:
+        raise FetchError("JWKS holds no usable public RSA or EC key")
+    try:
+        return KeySet.import_key_set({"keys": usable})
+    except Exception:  # joserfc raises several types for bad members
+        raise FetchError("JWKS holds a key that cannot be imported") from None

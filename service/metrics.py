@@ -1,0 +1,56 @@
+"""Prometheus metrics (multiprocess-safe under gunicorn when PROMETHEUS_MULTIPROC_DIR is set)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+EXCHANGES = Counter(
+    "gitlab_sts_exchanges_total", "Exchange decisions by endpoint, result and reason.",
+    ["endpoint", "result", "reason"],
+)
+LATENCY = Histogram(
+    "gitlab_sts_exchange_seconds", "Time to answer an exchange request.", ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+JWKS_FETCHES = Counter(
+    "gitlab_sts_jwks_fetches_total", "Fetches of GitLab key sets by issuer and result.", ["issuer", "result"],
+)
+CONFIG_RELOADS = Counter(
+    "gitlab_sts_config_reloads_total", "Config file reloads by file and result.", ["file", "result"],
+)
+CONFIG_OK = Gauge(
+    "gitlab_sts_config_loaded", "1 when the last load of the file succeeded, 0 when the last good one is kept.",
+    ["file"], multiprocess_mode="livemin",
+)
+BINDINGS = Gauge("gitlab_sts_bindings", "Bindings loaded.", multiprocess_mode="livemax")
+KEY_AGE = Gauge(
+    "gitlab_sts_signing_key_age_seconds", "Seconds since the current signing key became active.",
+    multiprocess_mode="livemax",
+)
+KEY_REMAINING = Gauge(
+    "gitlab_sts_signing_key_remaining_seconds", "Seconds until the current signing key retires.",
+    multiprocess_mode="livemin",
+)
+STS_CALLS = Counter(
+    "gitlab_sts_sts_calls_total", "AssumeRoleWithWebIdentity calls by result code.", ["result"],
+)
+
+
+def render() -> tuple[bytes, str]:
+    """Render every worker's metrics when in multiprocess mode, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,31 @@
+"""Where the service finds its three inputs (settings, bindings, keys)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG_DIR = "/etc/gitlab-sts"
+
+
+@dataclass(frozen=True)
+class ConfigPaths:
+    """The settings file, bindings folder and keys folder of one service."""
+
+    settings: Path
+    bindings: Path
+    keys: Path
+    # True when the keys were generated for development by `gitlab-sts serve` without --keys.
+    development_keys: bool = False
+
+    @classmethod
+    def from_env(cls) -> ConfigPaths:
+        """Read GITLAB_STS_CONFIG_DIR and the per-file overrides."""
+        base = Path(os.environ.get("GITLAB_STS_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+        return cls(
+            settings=Path(os.environ.get("GITLAB_STS_SETTINGS", base / "settings.yaml")),
+            bindings=Path(os.environ.get("GITLAB_STS_BINDINGS_DIR", base / "bindings")),
+            keys=Path(os.environ.get("GITLAB_STS_KEYS_DIR", base / "keys")),
+            development_keys=os.environ.get("GITLAB_STS_DEVELOPMENT_KEYS") == "1",
+        )

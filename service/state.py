@@ -1,0 +1,156 @@
+"""Hot-reloaded configuration: the last good settings, bindings and keys, swapped atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gitlab_sts.core.bindingdoc import LoadedBindings, Rejected, load_bindings_dir
+from gitlab_sts.core.bindings import BindingIndex
+from gitlab_sts.core.errors import ConfigError
+from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, parse_keyring
+from gitlab_sts.core.settings import Settings, parse_settings
+from gitlab_sts.service import metrics
+from gitlab_sts.service.paths import ConfigPaths
+
+log = logging.getLogger("gitlab_sts.service")
+
+# How often the watcher looks at file fingerprints.
+CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the configuration, used for a whole request."""
+
+    settings: Settings | None
+    index: BindingIndex | None
+    rejected: tuple[Rejected, ...]
+    keys: KeyRing | None
+    errors: dict[str, str] = field(default_factory=dict)
+    bindings_digest: str = ""
+
+
+def _fingerprint(path: Path) -> tuple[object, ...]:
+    """A cheap change detector: (inode, size, mtime) of a file or of every entry of a folder."""
+    try:
+        if path.is_dir():
+            # ConfigMap/Secret volumes swap a `..data` symlink; resolving entries catches that.
+            out: list[object] = []
+            for entry in sorted(os.scandir(path), key=lambda e: e.name):
+                if entry.name.startswith("..") and entry.name != "..data":
+                    continue
+                try:
+                    st = os.stat(entry.path)
+                except FileNotFoundError:
+                    continue
+                out.append((entry.name, os.path.realpath(entry.path), st.st_ino, st.st_size, st.st_mtime_ns))
+            return tuple(out)
+        st = path.stat()
+        return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        return ("missing",)
+
+
+class ConfigState:
+    """Loads the three inputs and reloads whichever changed, keeping the last good version."""
+
+    def __init__(self, paths: ConfigPaths) -> None:
+        self.paths = paths
+        self._lock = threading.Lock()
+        self._prints: dict[str, tuple[object, ...]] = {}
+        self._settings: Settings | None = None
+        self._loaded: LoadedBindings | None = None
+        self._index: BindingIndex | None = None
+        self._keys: KeyRing | None = None
+        self._errors: dict[str, str] = {}
+        self._stop = threading.Event()
+        self.snapshot = Snapshot(None, None, (), None, {"settings": "not loaded yet"})
+        self.reload(force=True)
+
+    def current(self) -> Snapshot:
+        """The snapshot to use now (swapped atomically by reloads, never half-updated)."""
+        return self.snapshot
+
+    def start_watcher(self, interval: float = CHECK_INTERVAL) -> threading.Thread:
+        """Poll the files in a daemon thread so that no request ever pays for a reload."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.reload(force=False)
+                except Exception:  # never let the watcher die; the next poll tries again
+                    log.exception("config watcher failed", extra={"event": "config_reload"})
+        thread = threading.Thread(target=loop, name="gitlab-sts-config-watcher", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_watcher(self) -> None:
+        """Stop the watcher thread (tests)."""
+        self._stop.set()
+
+    def reload(self, force: bool = True) -> Snapshot:
+        """Reload now (blocking); force re-reads every file."""
+        with self._lock:
+            self._reload_locked(force=force)
+        return self.snapshot
+
+    def _changed(self, name: str, path: Path, force: bool) -> bool:
+        fp = _fingerprint(path)
+        if not force and self._prints.get(name) == fp:
+            return False
+        self._prints[name] = fp
+        return True
+
+    def _attempt(self, name: str, load: Callable[[], None]) -> None:
+        try:
+            load()
+        except (ConfigError, OSError) as exc:
+            message = str(exc) if isinstance(exc, ConfigError) else f"cannot read: {exc.strerror}"
+            self._errors[name] = message
+            metrics.CONFIG_RELOADS.labels(file=name, result="error").inc()
+            metrics.CONFIG_OK.labels(file=name).set(0)
+            log.error("config reload failed, keeping the last good version",
+                      extra={"event": "config_reload", "file": name, "error": message})
+        else:
+            self._errors.pop(name, None)
+            metrics.CONFIG_RELOADS.labels(file=name, result="ok").inc()
+            metrics.CONFIG_OK.labels(file=name).set(1)
+
+    def _reload_locked(self, force: bool) -> None:
+        settings_changed = self._changed("settings", self.paths.settings, force)
+        if settings_changed:
+            self._attempt("settings", self._load_settings)
+        if self._changed("bindings", self.paths.bindings, force) or (settings_changed and self._loaded):
+            self._attempt("bindings", self._load_bindings)
+        if self._changed("keys", self.paths.keys, force):
+            self._attempt("keys", self._load_keys)
+        self.snapshot = Snapshot(
+            settings=self._settings, index=self._index,
+            rejected=self._loaded.rejected if self._loaded else (), keys=self._keys,
+            errors=dict(self._errors), bindings_digest=self._loaded.digest if self._loaded else "",
+        )
+
+    def _load_settings(self) -> None:
+        self._settings = parse_settings(self.paths.settings.read_text(), source=self.paths.settings.name)
+
+    def _load_bindings(self) -> None:
+        loaded = load_bindings_dir(self.paths.bindings)
+        default_issuer = None
+        if self._settings is not None and len(self._settings.gitlab) == 1:
+            default_issuer = self._settings.gitlab[0].issuer
+        index = BindingIndex(loaded.bindings, default_issuer=default_issuer)
+        self._loaded, self._index = loaded, index
+        for bad in loaded.rejected:
+            log.warning("binding rejected", extra={"event": "binding_rejected", "binding": bad.key,
+                                                   "error": bad.error})
+        for b in index.unresolved:
+            log.warning("binding names no issuer while several GitLab instances are trusted",
+                        extra={"event": "binding_rejected", "binding": b.key})
+        metrics.BINDINGS.set(len(index))
+
+    def _load_keys(self) -> None:
+        self._keys = parse_keyring((self.paths.keys / KEYSET_FILE).read_text(), source=KEYSET_FILE)
