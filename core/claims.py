@@ -49,7 +49,8 @@ def check_types(claims: Mapping[str, Any]) -> None:
         if name in claims and claims[name] not in ("true", "false"):
             raise InvalidRequest(f"claim {name!r} must be \"true\" or \"false\"", reason="claim_type")
     for name in DIGIT_STRING_CLAIMS:
-        if name in claims and not str(claims[name]).isdigit():
+        # str.isdigit() also accepts non-ASCII digits such as "\u0664\u0662" or "\u00b2": require 0-9 only.
+        if name in claims and not (str(claims[name]).isascii() and str(claims[name]).isdigit()):
             raise InvalidRequest(f"claim {name!r} must be a string of digits", reason="claim_type")
     if "runner_id" in claims and (
         isinstance(claims["runner_id"], bool) or not isinstance(claims["runner_id"], int)

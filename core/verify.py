@@ -77,11 +77,13 @@ def verify_gitlab_token(
         raise InvalidRequest(
             f"token header carries unsupported members: {', '.join(present)}", reason="bad_header"
         )
+    # Presence, not truthiness: a JSON null typ or kid is malformed (joserfc refuses it later as a
+    # "bad signature", which would mislead whoever reads the denial).
     typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+    if "typ" in header and (not isinstance(typ, str) or typ.upper() != "JWT"):
         raise InvalidRequest("token header 'typ' must be JWT", reason="bad_header")
     kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
+    if "kid" in header and not isinstance(kid, str):
         raise InvalidRequest("token header 'kid' must be a string", reason="bad_header")
 
     key_set = keys.key_set(instance)
@@ -106,8 +108,10 @@ def verify_gitlab_token(
 
     claims = unverified
     _check_audience(claims, instance)
-    _check_times(claims, now=now, leeway=limits.leeway)
+    # Types first, so a token without exp or iat is refused as "lacks required claims" rather than
+    # "must be an integer"; _check_times then relies on them being integers.
     check_types(claims)
+    _check_times(claims, now=now, leeway=limits.leeway)
     return VerifiedToken(instance=instance, claims=claims, kid=kid)
 
 

@@ -35,7 +35,7 @@ tokens: {{lifetime: 900, maxLifetime: 3600, audience: sts.amazonaws.com, leeway:
 
 def gitlab_claims(**overrides: Any) -> dict[str, Any]:
     """Claims exactly as GitLab emits them: ids and booleans as strings, runner_id an int, nbf = iat - 5."""
-    iat = overrides.pop("iat", NOW - 10)
+    iat = NOW - 10
     claims: dict[str, Any] = {
         "namespace_id": "72",
         "namespace_path": "platform",
@@ -64,7 +64,7 @@ def gitlab_claims(**overrides: Any) -> dict[str, Any]:
         "project_visibility": "private",
         "jti": "0e1c6c50-9f0a-4c1e-8d7e-9b2f3f6b1a11",
         "iss": GITLAB,
-        "iat": iat,
+        "iat": iat,  # overrides below may replace or drop iat, nbf, exp independently
         "nbf": iat - 5,
         "exp": iat + 300,
         "sub": "project_path:platform/payments:ref_type:branch:ref:main",
