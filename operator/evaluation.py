@@ -1,0 +1,197 @@
+"""Pure builders: a binding's evaluation (compile, issuer, guard), its status and its rejection event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gitlab_sts.core.bindings import API_VERSION, KIND, CompiledBinding, ProjectSelector, compile_binding, subject_for
+from gitlab_sts.core.errors import CompileError
+from gitlab_sts.core.guard import Guard
+from gitlab_sts.core.settings import Settings
+from gitlab_sts.core.trustpolicy import trust_policy
+
+READY = "Ready"
+COMPILED = "Compiled"
+INVALID_SPEC = "InvalidSpec"
+UNTRUSTED_ISSUER = "UntrustedIssuer"
+FORBIDDEN = "Forbidden"
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class Context:
+    """What evaluation needs from settings.yaml."""
+
+    issuer: str
+    default_audience: str
+    trusted_issuers: tuple[str, ...]
+    guard: Guard = field(default_factory=lambda: Guard(()))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Context:
+        """Take our issuer, the token audience, the trusted GitLab issuers and the guard."""
+        return cls(issuer=settings.issuer, default_audience=settings.tokens.audience,
+                   trusted_issuers=tuple(g.issuer for g in settings.gitlab), guard=Guard(settings.guard))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome for one binding at one generation: compiled and allowed, or why not."""
+
+    namespace: str
+    name: str
+    generation: int
+    spec_digest: str
+    reason: str
+    message: str
+    project: str = ""
+    compiled: CompiledBinding | None = None
+    trust_policy: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the binding goes into the service's config."""
+        return self.compiled is not None
+
+    @property
+    def subject(self) -> str:
+        """The minted sub for this binding."""
+        return subject_for(self.namespace, self.name)
+
+
+def spec_digest(spec: Any) -> str:
+    """A stable hash of a raw spec (detects changes without recompiling)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def project_label(spec: Any) -> str:
+    """A short display of the project selector (for the printer column), best effort on bad specs."""
+    sel = spec.get("project") if isinstance(spec, Mapping) else None
+    if isinstance(sel, ProjectSelector):
+        sel = sel.model_dump(exclude_none=True)
+    if not isinstance(sel, Mapping):
+        return ""
+    if sel.get("path"):
+        return str(sel["path"])
+    if sel.get("id"):
+        return f"id:{sel['id']}"
+    if sel.get("namespace"):
+        return f"{str(sel['namespace']).rstrip('/')}/**"
+    return ""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+
+
+def evaluate(namespace: str, name: str, spec: Any, generation: int, ctx: Context) -> Evaluation:
+    """Compile a binding and apply the settings (trusted issuers, platform guard) to it."""
+    digest = spec_digest(spec)
+    label = project_label(spec)
+
+    def outcome(reason: str, message: str, compiled: CompiledBinding | None = None,
+                policy: dict[str, Any] | None = None) -> Evaluation:
+        return Evaluation(namespace, name, generation, digest, reason, _clip(message), label, compiled, policy)
+
+    if not isinstance(spec, Mapping):
+        return outcome(INVALID_SPEC, "spec: must be a mapping")
+    try:
+        compiled = compile_binding(namespace, name, spec)
+    except CompileError as exc:
+        return outcome(INVALID_SPEC, str(exc))
+    issuer = compiled.spec.issuer
+    if issuer is not None and issuer not in ctx.trusted_issuers:
+        return outcome(UNTRUSTED_ISSUER, f"spec.issuer: {issuer} is not a GitLab instance the settings trust "
+                                         f"({', '.join(ctx.trusted_issuers)})")
+    if issuer is None and len(ctx.trusted_issuers) != 1:
+        return outcome(UNTRUSTED_ISSUER,
+                       f"spec.issuer: required because the settings trust {len(ctx.trusted_issuers)} GitLab instances")
+    problem = ctx.guard.problem(namespace, compiled.spec.aws.role_arn)
+    if problem is not None:
+        return outcome(FORBIDDEN, f"spec.aws.roleArn: {problem}")
+    policy = trust_policy(compiled, ctx.issuer, ctx.default_audience)
+    return outcome(COMPILED, f"in the exchange service's config; the role must trust sub {compiled.subject} "
+                             "(see status.trustPolicy)", compiled, policy)
+
+
+def _timestamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ready_condition(status: Any) -> Mapping[str, Any] | None:
+    if not isinstance(status, Mapping):
+        return None
+    for cond in status.get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == READY:
+            return cond
+    return None
+
+
+def desired_status(ev: Evaluation, current: Any, now: datetime) -> dict[str, Any]:
+    """The status the binding should have; lastTransitionTime moves only when Ready flips."""
+    flag = "True" if ev.ready else "False"
+    previous = _ready_condition(current)
+    since = previous.get("lastTransitionTime") if previous and previous.get("status") == flag else None
+    return {
+        "observedGeneration": ev.generation,
+        "conditions": [{
+            "type": READY, "status": flag, "reason": ev.reason, "message": ev.message,
+            "observedGeneration": ev.generation, "lastTransitionTime": since or _timestamp(now),
+        }],
+        "subject": ev.subject,
+        "project": ev.project,
+        "trustPolicy": ev.trust_policy,  # None removes it (merge patch) when the binding is not ready
+    }
+
+
+def status_patch(current: Any, desired: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch for .status, or None when the binding already shows the desired status."""
+    current = current if isinstance(current, Mapping) else {}
+    changed = {k: v for k, v in desired.items() if current.get(k) != v}
+    if not changed:
+        return None
+    # Conditions are a list: a merge patch replaces it whole, so always send the whole desired list.
+    return {"status": dict(desired)}
+
+
+def rejected_anew(ev: Evaluation, current: Any) -> bool:
+    """Whether a not-ready evaluation differs from what the status already says (so an event is due)."""
+    if ev.ready:
+        return False
+    previous = _ready_condition(current)
+    return not (previous and previous.get("status") == "False" and previous.get("reason") == ev.reason
+                and previous.get("message") == ev.message
+                and previous.get("observedGeneration") == ev.generation)
+
+
+def rejection_event(obj: Mapping[str, Any], ev: Evaluation, now: datetime, component: str) -> dict[str, Any]:
+    """A core/v1 Event (type Warning) telling why a binding was refused."""
+    meta = obj.get("metadata") or {}
+    stamp = _timestamp(now)
+    uid = str(meta.get("uid") or "")
+    suffix = hashlib.sha256(f"{uid}{ev.generation}{ev.message}{stamp}".encode()).hexdigest()[:10]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{ev.name[:200]}.{suffix}", "namespace": ev.namespace},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "namespace": ev.namespace, "name": ev.name,
+                           "uid": uid, "resourceVersion": str(meta.get("resourceVersion") or "")},
+        "type": "Warning",
+        "reason": ev.reason,
+        "message": ev.message[:1000],
+        "source": {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "reportingComponent": component,
+    }

@@ -1,0 +1,92 @@
+"""kopf handlers: thin adapters from kopf's callbacks to the Runtime (`kopf run -m gitlab_sts.operator.handlers`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from gitlab_sts.core.bindings import GROUP, VERSION
+from gitlab_sts.core.settings import parse_settings
+from gitlab_sts.operator import metrics
+from gitlab_sts.operator.config import OperatorConfig
+from gitlab_sts.operator.kube import Endpoint
+from gitlab_sts.operator.reconcile import PLURAL
+from gitlab_sts.operator.runtime import Runtime, build_runtime
+
+SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+_state: dict[str, Runtime] = {}
+
+
+def endpoint_from(info: Any) -> Endpoint:
+    """Our client's endpoint from kopf's ConnectionInfo (re-reading a rotated service account token)."""
+    static = dict(info.as_http_headers())
+    ctx: ssl.SSLContext | bool = False if info.insecure else info.as_ssl_context()
+
+    def headers() -> Mapping[str, str]:
+        if info.server == "https://kubernetes.default.svc" and SA_TOKEN.exists():
+            return {"Authorization": f"Bearer {SA_TOKEN.read_text().strip()}"}
+        return static
+
+    return Endpoint(server=str(info.server), ssl_context=ctx, headers=headers)
+
+
+def runtime() -> Runtime:
+    """The running Runtime (after startup)."""
+    return _state["runtime"]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
+                  **_: Any) -> None:
+    """Read settings.yaml, log in, seed the index, start the writer, key and resync loops and metrics."""
+    settings.posting.level = logging.WARNING  # kopf's own k8s events only for problems
+    settings.watching.server_timeout = 300
+    cfg = OperatorConfig.from_env()
+    try:
+        app_settings = parse_settings(cfg.settings_file.read_text(), str(cfg.settings_file))
+    except OSError as exc:
+        raise kopf.PermanentError(f"cannot read {cfg.settings_file}: {exc}") from None
+    info = kopf.login_via_client(logger=logger, settings=settings) or kopf.login_with_service_account(
+        settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.PermanentError("no Kubernetes credentials found")
+    rt = build_runtime(cfg, app_settings, endpoint_from(info))
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
+    await rt.start()
+    _state["runtime"] = rt
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    """Stop the loops and flush a pending ConfigMap write."""
+    rt = _state.pop("runtime", None)
+    if rt is not None:
+        await rt.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def binding_event(event: Mapping[str, Any], **_: Any) -> None:
+    """Every watch event of a binding: re-evaluate (memoised), update status and the config."""
+    await runtime().reconciler.on_event(event.get("type"), event.get("object") or {})
+
+
+@kopf.on.probe(id="operator")
+def probe(**_: Any) -> dict[str, Any]:
+    """Liveness detail; fails when a background loop died."""
+    return runtime().healthy()
+
+
+def main() -> None:
+    """`python -m gitlab_sts.operator`: one standalone replica, JSON logs, liveness endpoint."""
+    cfg = OperatorConfig.from_env()
+    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=bool(os.environ.get("GITLAB_STS_OPERATOR_DEBUG")))
+    kopf.run(standalone=True, clusterwide=not cfg.watch_namespaces, namespaces=cfg.watch_namespaces,
+             liveness_endpoint=cfg.liveness_endpoint or None)

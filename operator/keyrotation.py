@@ -1,0 +1,119 @@
+"""Create and rotate the signing keys Secret: read, plan (core.keys.plan), write conditioned on resourceVersion."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gitlab_sts.core.errors import ConfigError
+from gitlab_sts.core.keys import (
+    KEYSET_FILE,
+    KeyRing,
+    ManagedKey,
+    Plan,
+    RotationPolicy,
+    generate_key,
+    parse_keyring,
+    plan,
+    policy_from_settings,
+    render_keyring,
+)
+from gitlab_sts.core.settings import Settings
+from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+
+CREATED = "created"
+ROTATED = "rotated"
+UNCHANGED = "unchanged"
+CORRUPTED = "corrupted"
+CONFLICT = "conflict"
+
+NewKey = Callable[..., ManagedKey]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one check of the key set did."""
+
+    result: str
+    message: str = ""
+    ring: KeyRing | None = None
+    plan: Plan | None = None
+
+
+def policy_for(settings: Settings) -> RotationPolicy:
+    """The rotation policy from settings: keys.*, tokens.maxLifetime + keys.clockSkew, tokens.algorithm."""
+    return policy_from_settings(settings.tokens.algorithm, settings.keys.rotation_period,
+                                settings.keys.pre_publication, settings.tokens.max_lifetime, settings.keys.clock_skew)
+
+
+def ring_from_secret(secret: Mapping[str, Any]) -> KeyRing:
+    """Parse the Secret's keyset.json; ConfigError (never holding key material) when it is unusable."""
+    data = secret.get("data") or {}
+    if not isinstance(data, Mapping) or KEYSET_FILE not in data:
+        raise ConfigError(f"the Secret has no {KEYSET_FILE}")
+    try:
+        text = base64.b64decode(str(data[KEYSET_FILE]), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ConfigError(f"{KEYSET_FILE} is not valid base64 UTF-8") from None
+    return parse_keyring(text)
+
+
+def _encoded(ring: KeyRing) -> str:
+    return base64.b64encode(render_keyring(ring).encode()).decode()
+
+
+def secret_body(name: str, namespace: str, ring: KeyRing) -> dict[str, Any]:
+    """A new keys Secret holding the ring."""
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/name": "gitlab-sts", "app.kubernetes.io/component": "keys"}},
+        "data": {KEYSET_FILE: _encoded(ring)},
+    }
+
+
+def secret_patch(resource_version: str, ring: KeyRing) -> dict[str, Any]:
+    """A merge patch that succeeds only if the Secret is still at resource_version."""
+    return {"metadata": {"resourceVersion": resource_version}, "data": {KEYSET_FILE: _encoded(ring)}}
+
+
+async def rotate_once(client: KubeClient, namespace: str, name: str, policy: RotationPolicy, now: datetime,
+                      new_key: NewKey = generate_key) -> Outcome:
+    """One idempotent pass: create the Secret if missing, else apply the plan; never overwrite what cannot be read.
+
+    A single write per pass, conditioned on the resourceVersion read, so a crash or a second operator
+    at any point leaves either the old or the new key set, never a mix.
+    """
+    path = path_for("v1", "secrets", namespace, name)
+    secret = await client.get_or_none(path)
+    if secret is None:
+        result = plan(KeyRing(), now, policy, new_key)
+        try:
+            await client.create(path_for("v1", "secrets", namespace), secret_body(name, namespace, result.ring))
+        except ApiError as exc:
+            if exc.status == 409:
+                return Outcome(CONFLICT, "the Secret was created meanwhile; checking again")
+            raise
+        return Outcome(CREATED, f"created the key set with {', '.join(result.added)}", result.ring, result)
+    try:
+        ring = ring_from_secret(secret)
+    except ConfigError as exc:
+        return Outcome(CORRUPTED, f"Secret {namespace}/{name}: {exc}; not rotating until it is fixed or deleted")
+    result = plan(ring, now, policy, new_key)
+    if not result.changed:
+        return Outcome(UNCHANGED, "", ring, result)
+    version = str((secret.get("metadata") or {}).get("resourceVersion") or "")
+    try:
+        await client.merge_patch(path, secret_patch(version, result.ring))
+    except ApiError as exc:
+        if exc.status == 409:
+            return Outcome(CONFLICT, "the Secret changed since it was read; checking again")
+        raise
+    parts = [f"added {', '.join(result.added)}"] if result.added else []
+    parts += [f"removed {', '.join(result.removed)}"] if result.removed else []
+    parts += [f"extended {', '.join(result.extended)}"] if result.extended else []
+    return Outcome(ROTATED, "; ".join(parts + list(result.notes)), result.ring, result)

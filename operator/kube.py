@@ -1,0 +1,126 @@
+"""A small asyncio Kubernetes API client: the few calls the operator makes besides kopf's watching."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API server is and how to authenticate (headers are re-read on 401)."""
+
+    server: str
+    ssl_context: ssl.SSLContext | bool = True
+    headers: Callable[[], Mapping[str, str]] = dict
+
+
+def path_for(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+    """The REST path of a resource, collection or subresource."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [base]
+    if namespace is not None:
+        parts.append(f"namespaces/{quote(namespace, safe='')}")
+    parts.append(plural)
+    if name is not None:
+        parts.append(quote(name, safe=""))
+        if subresource is not None:
+            parts.append(subresource)
+    return "/".join(parts)
+
+
+class KubeClient:
+    """JSON over HTTP with the operator's credentials; one aiohttp session, closed by close()."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 30.0) -> None:
+        self._endpoint = endpoint
+        self._session = aiohttp.ClientSession(
+            base_url=endpoint.server.rstrip("/") + "/",
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers={"Accept": "application/json", "User-Agent": "gitlab-sts-operator"},
+        )
+        self.calls = 0  # API calls made, for the benchmark and tests
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._session.close()
+
+    async def request(self, method: str, path: str, *, body: Any = None, params: Mapping[str, str] | None = None,
+                      content_type: str = "application/json") -> dict[str, Any]:
+        """Send one request; raise ApiError on a non-2xx answer."""
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        for attempt in (1, 2):
+            headers = dict(self._endpoint.headers())
+            if data is not None:
+                headers["Content-Type"] = content_type
+            self.calls += 1
+            async with self._session.request(method, path.lstrip("/"), data=data, params=params, headers=headers,
+                                             ssl=self._endpoint.ssl_context) as resp:
+                text = await resp.text()
+                if resp.status == 401 and attempt == 1:
+                    continue  # service account tokens rotate: the headers callable re-reads the token
+                if resp.status >= 300:
+                    reason, message = resp.reason or "", text[:500]
+                    try:
+                        status_doc = json.loads(text)
+                        reason = str(status_doc.get("reason") or reason)
+                        message = str(status_doc.get("message") or message)
+                    except ValueError:
+                        pass
+                    raise ApiError(resp.status, reason, message)
+                return json.loads(text) if text else {}
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, path: str) -> dict[str, Any]:
+        """GET one object."""
+        return await self.request("GET", path)
+
+    async def get_or_none(self, path: str) -> dict[str, Any] | None:
+        """GET one object, or None when it does not exist."""
+        try:
+            return await self.get(path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_all(self, path: str, *, page: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """Every item of a collection, paginated with limit/continue."""
+        token = ""
+        while True:
+            params = {"limit": str(page)}
+            if token:
+                params["continue"] = token
+            doc = await self.request("GET", path, params=params)
+            for item in doc.get("items") or ():
+                yield item
+            token = str((doc.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a new object to a collection."""
+        return await self.request("POST", path, body=body)
+
+    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch; a metadata.resourceVersion in the body makes it conditional (409 on conflict)."""
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)

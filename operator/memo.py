@@ -1,0 +1,92 @@
+"""The operator's in-memory index of evaluated bindings and the config document it renders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gitlab_sts.core.bindingdoc import configmap_payload
+from gitlab_sts.operator.evaluation import Context, Evaluation, evaluate, spec_digest
+
+Key = tuple[str, str]
+Payload = tuple[dict[str, str], dict[str, bytes], str]
+
+
+class BindingMemo:
+    """Every watched binding's latest evaluation; renders the config once per change, not per binding.
+
+    `version` moves only when the set of ready bindings or their specs change, so status-only
+    updates and repeated watch events cost nothing downstream.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._entries: dict[Key, Evaluation] = {}
+        self.version = 0
+        self.seeded = False  # the first full listing is in; until then a write would drop bindings
+        self._payload: tuple[int, Payload] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key) -> Evaluation | None:
+        """The current evaluation of a binding."""
+        return self._entries.get(key)
+
+    def evaluate(self, namespace: str, name: str, spec: Any, generation: int) -> Evaluation:
+        """Evaluate, reusing the memoised result when generation and spec are unchanged."""
+        old = self._entries.get((namespace, name))
+        if old is not None and old.generation == generation and old.spec_digest == spec_digest(spec):
+            return old
+        return evaluate(namespace, name, spec, generation, self.ctx)
+
+    def upsert(self, ev: Evaluation) -> bool:
+        """Store an evaluation; True when the config document changes."""
+        old = self._entries.get(ev.key)
+        self._entries[ev.key] = ev
+        if _same_config(old, ev):
+            return False
+        self.version += 1
+        return True
+
+    def remove(self, key: Key) -> bool:
+        """Forget a binding; True when the config document changes."""
+        old = self._entries.pop(key, None)
+        if old is None or not old.ready:
+            return False
+        self.version += 1
+        return True
+
+    def replace_all(self, evaluations: Iterable[Evaluation]) -> bool:
+        """Swap in a full listing (startup and periodic resync); True when the config changes."""
+        fresh = {ev.key: ev for ev in evaluations}
+        gone = any(ev.ready for key, ev in self._entries.items() if key not in fresh)
+        changed = gone or any(not _same_config(self._entries.get(k), ev) for k, ev in fresh.items())
+        self._entries = fresh
+        if changed:
+            self.version += 1
+        return changed
+
+    def ready(self) -> list[Evaluation]:
+        """Evaluations that go into the config."""
+        return [ev for ev in self._entries.values() if ev.ready]
+
+    def counts(self) -> tuple[int, int]:
+        """(ready, rejected)."""
+        ready = sum(1 for ev in self._entries.values() if ev.ready)
+        return ready, len(self._entries) - ready
+
+    def payload(self) -> Payload:
+        """ConfigMap data, binaryData and content digest of the ready bindings (cached per version)."""
+        if self._payload is None or self._payload[0] != self.version:
+            compiled = [ev.compiled for ev in self._entries.values() if ev.compiled is not None]
+            self._payload = (self.version, configmap_payload(compiled))
+        return self._payload[1]
+
+
+def _same_config(old: Evaluation | None, new: Evaluation) -> bool:
+    if old is None:
+        return not new.ready
+    if old.ready != new.ready:
+        return False
+    return not new.ready or old.spec_digest == new.spec_digest

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the operator (prefix gitlab_sts_operator_)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gitlab_sts.core.keys import KeyRing
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_P = "gitlab_sts_operator_"
+
+BINDINGS = Gauge(_P + "bindings", "Watched bindings by state", ["state"], registry=REGISTRY)
+EVENTS = Counter(_P + "binding_events_total", "Binding watch events handled", ["type"], registry=REGISTRY)
+RECONCILE_SECONDS = Histogram(_P + "reconcile_seconds", "Time to handle one binding event", registry=REGISTRY,
+                              buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+STATUS_PATCHES = Counter(_P + "status_patches_total", "Binding status patches", ["result"], registry=REGISTRY)
+CONFIG_WRITES = Counter(_P + "config_writes_total", "Bindings ConfigMap writes", ["result"], registry=REGISTRY)
+CONFIG_WRITE_SECONDS = Histogram(_P + "config_write_seconds", "Time to render and write the bindings ConfigMap",
+                                 registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+CONFIG_BYTES = Gauge(_P + "config_bytes", "Size of the bindings document as stored", registry=REGISTRY)
+CONFIG_BINDINGS = Gauge(_P + "config_bindings", "Bindings in the last written document", registry=REGISTRY)
+KEY_AGE = Gauge(_P + "key_age_seconds", "Age of each signing key since createdAt", ["kid", "state"],
+                registry=REGISTRY)
+KEYS = Gauge(_P + "keys", "Keys in the key set", registry=REGISTRY)
+KEYSET_CORRUPTED = Gauge(_P + "keyset_corrupted", "1 while the keys Secret cannot be parsed (rotation stops)",
+                         registry=REGISTRY)
+KEY_ROTATIONS = Counter(_P + "key_checks_total", "Key set checks by outcome", ["result"], registry=REGISTRY)
+LAST_KEY_CHECK = Gauge(_P + "last_key_check_timestamp_seconds", "When the key set was last checked",
+                       registry=REGISTRY)
+
+
+def key_state(ring: KeyRing, kid: str, now: datetime) -> str:
+    """signing (the key the service signs with now), pending, retired (published only) or expired."""
+    current = ring.signing_key(now)
+    for k in ring.keys:
+        if k.kid != kid:
+            continue
+        if current is not None and k.kid == current.kid:
+            return "signing"
+        if k.activate_at > now:
+            return "pending"
+        return "retired" if k.published(now) else "expired"
+    return "unknown"
+
+
+def record_keys(ring: KeyRing, now: datetime) -> None:
+    """Replace the per-key age series with the ring's keys (bounded: a handful of keys)."""
+    KEY_AGE.clear()
+    for k in ring.keys:
+        KEY_AGE.labels(kid=k.kid, state=key_state(ring, k.kid, now)).set((now - k.created_at).total_seconds())
+    KEYS.set(len(ring.keys))

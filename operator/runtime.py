@@ -1,0 +1,146 @@
+"""The operator's long-lived parts: client, memo, writer, reconciler and the background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from gitlab_sts.core.keys import RotationPolicy, generate_key
+from gitlab_sts.core.settings import Settings
+from gitlab_sts.operator import metrics
+from gitlab_sts.operator.config import OperatorConfig
+from gitlab_sts.operator.configsync import ConfigWriter
+from gitlab_sts.operator.evaluation import Context
+from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, NewKey, Outcome, policy_for, rotate_once
+from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
+from gitlab_sts.operator.memo import BindingMemo
+from gitlab_sts.operator.reconcile import COMPONENT, Clock, Reconciler, utc_now
+
+log = logging.getLogger("gitlab_sts.operator")
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share; built by start(), torn down by stop()."""
+
+    cfg: OperatorConfig
+    settings: Settings
+    client: KubeClient
+    memo: BindingMemo
+    writer: ConfigWriter
+    reconciler: Reconciler
+    policy: RotationPolicy
+    clock: Clock = utc_now
+    new_key: NewKey = generate_key
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    last_keys: Outcome | None = None
+    _corruption_reported: str | None = None
+
+    async def check_keys(self) -> Outcome:
+        """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
+        now = self.clock()
+        outcome = await rotate_once(self.client, self.cfg.namespace, self.cfg.keys_secret, self.policy, now,
+                                    self.new_key)
+        metrics.KEY_ROTATIONS.labels(result=outcome.result).inc()
+        metrics.LAST_KEY_CHECK.set(now.timestamp())
+        if outcome.result == CORRUPTED:
+            metrics.KEYSET_CORRUPTED.set(1)
+            log.error("keys Secret unusable: %s", outcome.message)
+            if self._corruption_reported != outcome.message:
+                await self._secret_event(outcome.message, now)
+                self._corruption_reported = outcome.message
+        else:
+            metrics.KEYSET_CORRUPTED.set(0)
+            self._corruption_reported = None
+            if outcome.ring is not None:
+                metrics.record_keys(outcome.ring, now)
+            if outcome.message:
+                log.info("keys: %s: %s", outcome.result, outcome.message)
+        self.last_keys = outcome
+        return outcome
+
+    async def _secret_event(self, message: str, now: datetime) -> None:
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{self.cfg.keys_secret}.", "namespace": self.cfg.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Secret", "namespace": self.cfg.namespace,
+                               "name": self.cfg.keys_secret},
+            "type": "Warning", "reason": "KeySetCorrupted", "message": message[:1000],
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            await self.client.create(path_for("v1", "events", self.cfg.namespace), event)
+        except ApiError as exc:
+            log.warning("could not post the KeySetCorrupted event: %s", exc)
+
+    async def _keys_loop(self) -> None:
+        while True:
+            delay = self.cfg.key_check_seconds
+            try:
+                if (await self.check_keys()).result == CONFLICT:
+                    delay = 1.0  # another writer raced us: re-read soon
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+                log.error("key set check failed: %s", exc)
+                delay = min(delay, 30.0)
+            await asyncio.sleep(delay)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.resync_seconds)
+            try:
+                await self.reconciler.resync()
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+                log.error("resync of bindings failed: %s", exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    async def start(self, *, loops: bool = True) -> None:
+        """Seed the memo from a full listing, make sure keys exist, then start the loops."""
+        count = await self.reconciler.resync()
+        log.info("indexed %d bindings", count)
+        self._spawn(self.writer.run(), "config-writer")
+        if loops:
+            self._spawn(self._keys_loop(), "key-rotation")
+            self._spawn(self._resync_loop(), "resync")
+
+    def healthy(self) -> dict[str, Any]:
+        """Liveness detail; raises when a background loop died."""
+        for task in self.tasks:
+            if task.done() and not task.cancelled():
+                raise RuntimeError(f"background task {task.get_name()} stopped: {task.exception()!r}")
+        return {
+            "bindings": len(self.memo), "configDigest": self.writer.written_digest,
+            "configError": self.writer.last_error,
+            "keys": self.last_keys.result if self.last_keys else None,
+        }
+
+    async def stop(self) -> None:
+        """Cancel the loops, write what is pending (best effort) and close the client."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            await self.writer.flush()
+        await self.client.close()
+
+
+def build_runtime(cfg: OperatorConfig, settings: Settings, endpoint: Endpoint, *, clock: Clock = utc_now,
+                  new_key: NewKey = generate_key) -> Runtime:
+    """Wire the parts together (no I/O yet)."""
+    client = KubeClient(endpoint)
+    memo = BindingMemo(Context.from_settings(settings))
+    writer = ConfigWriter(client, memo, cfg.namespace, cfg.bindings_configmap, cfg.debounce_seconds)
+    reconciler = Reconciler(client, memo, writer, cfg.watch_namespaces, clock)
+    return Runtime(cfg, settings, client, memo, writer, reconciler, policy_for(settings), clock, new_key)
