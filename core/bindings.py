@@ -215,9 +215,14 @@ def _equals_check(rule: str, claim: str, want: Any) -> Check:
 
 
 def _member_check(rule: str, claim: str, allowed: tuple[Any, ...]) -> Check:
-    values = frozenset(allowed)
-    return lambda c: None if c.get(claim) in values else RuleFailure(
-        rule, claim, f"one of {list(allowed)}", c.get(claim))
+    def check(c: Mapping[str, Any]) -> RuleFailure | None:
+        value = c.get(claim)
+        # Same type as well as equal: in Python True == 1 and 12.0 == 12, and a set lookup would
+        # raise TypeError on an unhashable (list or object) claim instead of denying.
+        if any(type(value) is type(a) and value == a for a in allowed):
+            return None
+        return RuleFailure(rule, claim, f"one of {list(allowed)}", value)
+    return check
 
 
 def _access_check(minimum: str) -> Check:

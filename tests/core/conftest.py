@@ -180,7 +180,8 @@ def base_spec(**sections: Any) -> dict[str, Any]:
         if value is _DROP:
             spec.pop(name, None)
         elif isinstance(value, dict) and isinstance(spec.get(name), dict) and name == "aws":
-            spec[name] = {**spec[name], **value}
+            merged = {**spec[name], **value}
+            spec[name] = {k: v for k, v in merged.items() if v is not _DROP}
         else:
             spec[name] = value
     return spec
