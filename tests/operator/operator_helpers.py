@@ -1,0 +1,48 @@
+"""Shared builders for operator tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from gitlab_sts.core.settings import Settings, parse_settings
+
+SETTINGS_YAML = """
+issuer: https://sts.example.com
+gitlab:
+  - issuer: https://gitlab.example.com
+    audiences: [https://sts.example.com]
+tokens: {lifetime: 900, maxLifetime: 3600}
+keys: {rotationPeriod: 604800, prePublication: 86400, clockSkew: 300}
+"""
+
+GUARDED_YAML = SETTINGS_YAML + """
+guard:
+  - namespaces: ["team-*"]
+    accounts: ["123456789012"]
+  - namespaces: ["platform"]
+    roleArns: ["arn:aws:iam::*:role/platform-*"]
+"""
+
+
+def settings(text: str = SETTINGS_YAML) -> Settings:
+    """Parsed test settings."""
+    return parse_settings(text)
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    """A valid binding spec; keyword arguments replace top-level parts."""
+    base: dict[str, Any] = {
+        "project": {"path": "platform/payments"},
+        "rules": {"refs": ["main"], "protectedRef": True},
+        "aws": {"roleArn": "arn:aws:iam::123456789012:role/payments-deploy"},
+    }
+    base.update(copy.deepcopy(overrides))
+    return base
+
+
+def manifest(namespace: str, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A GitLabAWSBinding object as kubectl would send it."""
+    return {"apiVersion": "gitlab-sts.io/v1alpha1", "kind": "GitLabAWSBinding",
+            "metadata": {"name": name, "namespace": namespace, "generation": 1},
+            "spec": spec() if body is None else body}
