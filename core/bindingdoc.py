@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,8 @@ def load_bindings_dir(directory: Path) -> LoadedBindings:
     if gz.exists():
         try:
             raw = gzip.decompress(gz.read_bytes())
-        except (OSError, EOFError):
+        # zlib.error (a corrupt deflate stream) is neither OSError nor EOFError.
+        except (OSError, EOFError, zlib.error):
             raise ConfigError(f"{DOC_FILE_GZ}: not valid gzip") from None
         return parse_document(raw, DOC_FILE_GZ)
     if plain.exists():
