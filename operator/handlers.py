@@ -42,6 +42,23 @@ def runtime() -> Runtime:
     return _state["runtime"]
 
 
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
+          **_: Any) -> Any:
+    """Credentials for kopf and for our client alike: in-cluster service account, else kubeconfig."""
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        try:
+            info = kopf.login_via_client(logger=logger, settings=settings)  # exec plugins, OIDC, ...
+        except kopf.LoginError:
+            info = None
+    # The client library reads $KUBECONFIG once at import; kopf's own reader honours it now.
+    info = info or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig")
+    return info
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
                   **_: Any) -> None:
@@ -53,11 +70,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger | logg
         app_settings = parse_settings(cfg.settings_file.read_text(), str(cfg.settings_file))
     except OSError as exc:
         raise kopf.PermanentError(f"cannot read {cfg.settings_file}: {exc}") from None
-    info = kopf.login_via_client(logger=logger, settings=settings) or kopf.login_with_service_account(
-        settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.PermanentError("no Kubernetes credentials found")
-    rt = build_runtime(cfg, app_settings, endpoint_from(info))
+    rt = build_runtime(cfg, app_settings, endpoint_from(login(settings=settings, logger=logger)))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
     await rt.start()
