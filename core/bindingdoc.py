@@ -72,7 +72,7 @@ def parse_document(raw: bytes, source: str) -> LoadedBindings:
     """Parse a bindings document, recompiling every entry (a bad one is rejected, not fatal)."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         raise ConfigError(f"{source}: not valid JSON") from None
     if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND or not isinstance(doc.get("bindings"), list):
         raise ConfigError(f"{source}: not a {DOC_KIND} document")
@@ -106,7 +106,8 @@ def load_manifests(paths: Iterable[Path]) -> LoadedBindings:
         hasher.update(path.name.encode() + b"\0" + text + b"\0")
         try:
             docs = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
+        # RecursionError: deeply nested flow collections exhaust the pure-Python parser's stack.
+        except (yaml.YAMLError, RecursionError) as exc:
             raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
         for i, doc in enumerate(docs):
             if doc is None:

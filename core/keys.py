@@ -136,7 +136,7 @@ def parse_keyring(text: str, source: str = KEYSET_FILE) -> KeyRing:
     """Parse keyset.json, raising ConfigError (never echoing key material)."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         raise ConfigError(f"{source}: not valid JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ConfigError(f"{source}: expected an object with a 'keys' list")

@@ -182,7 +182,8 @@ def parse_settings(text: str, source: str = "settings.yaml") -> Settings:
     """Parse and validate settings YAML, raising ConfigError that names the field."""
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    # RecursionError: deeply nested flow collections exhaust the pure-Python parser's stack.
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,11 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from gitlab_sts.core.bindings import CompiledBinding, compile_binding
 from gitlab_sts.core.keys import KeyRing, ManagedKey, generate_key
 from gitlab_sts.core.settings import GitLabInstance, Settings, parse_settings
+
+# Nesting depths that exhaust the interpreter stack (celpy raises the limit to 2500 on import):
+# json's C decoder uses one level of the limit per bracket, PyYAML's pure-Python parser several.
+DEEP_JSON = sys.getrecursionlimit() + 500
+DEEP_YAML = sys.getrecursionlimit() * 3 // 5
 
 GITLAB = "https://gitlab.example.com"
 AUDIENCE = "https://sts.example.com"

@@ -25,7 +25,7 @@ from gitlab_sts.core.bindingdoc import (
 )
 from gitlab_sts.core.bindings import API_VERSION, KIND, CompiledBinding, compile_binding
 from gitlab_sts.core.errors import ConfigError
-from tests.core.conftest import ROLE, ROLE_B, base_spec, compile_spec
+from tests.core.conftest import DEEP_JSON, DEEP_YAML, ROLE, ROLE_B, base_spec, compile_spec
 
 
 def _bindings() -> list[CompiledBinding]:
@@ -125,10 +125,11 @@ def test_tampered_document_refused(tamper: Any) -> None:
     (b"", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
     (b'{"kind": "GitLabAWSBindingSet", "bindings": [', "not valid JSON"),
+    (b"[" * DEEP_JSON + b"]" * DEEP_JSON, "not valid JSON"),
     (b"[]", f"not a {DOC_KIND} document"),
     (b'{"kind": "Other", "bindings": []}', f"not a {DOC_KIND} document"),
     (b'{"kind": "GitLabAWSBindingSet", "bindings": {}}', f"not a {DOC_KIND} document"),
-], ids=["empty", "binary", "truncated", "list", "wrong-kind", "bindings-object"])
+], ids=["empty", "binary", "truncated", "deeply-nested", "list", "wrong-kind", "bindings-object"])
 def test_unparseable_documents(raw: bytes, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_document(raw, DOC_FILE)
@@ -280,8 +281,9 @@ def test_manifests_digest_follows_content(tmp_path: Path) -> None:
     assert load_manifests([tmp_path / "a.yaml"]).digest != first
 
 
-@pytest.mark.parametrize("text", ["kind: [unclosed", "a: b\n c: d\n", b"kind: \xff\x80"],
-                         ids=["unclosed", "bad-indent", "not-utf8"])
+@pytest.mark.parametrize("text", ["kind: [unclosed", "a: b\n c: d\n", b"kind: \xff\x80",
+                                  "kind: " + "[" * DEEP_YAML + "]" * DEEP_YAML],
+                         ids=["unclosed", "bad-indent", "not-utf8", "deeply-nested"])
 def test_yaml_error_is_a_config_error(tmp_path: Path, text: str | bytes) -> None:
     path = tmp_path / "bad.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gitlab_sts.core.errors import InvalidRequest
 from gitlab_sts.core.jwtparse import b64url_decode, parse_compact, strict_json_object
-from tests.core.conftest import b64url, json_segment
+from tests.core.conftest import DEEP_JSON, b64url, json_segment
 
 HEADER = json_segment({"alg": "RS256", "kid": "k"})
 CLAIMS = json_segment({"iss": "https://gitlab.example.com", "n": 1})
@@ -51,9 +51,9 @@ def _seg(raw: bytes) -> str:
     (_seg(b'{"alg": "RS256", "alg": "none"}') + "." + CLAIMS + "." + SIG, "malformed_token", "duplicate member"),
     (HEADER + "." + _seg(b'{"a": {"b": 1, "b": 2}}') + "." + SIG, "malformed_token", "duplicate member 'b'"),
     (HEADER + "." + _seg(b'{"n": 1' + b"0" * 5000 + b"}") + "." + SIG, "malformed_token", "not valid JSON"),
-    (HEADER + "." + _seg(b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}") + "." + SIG, "malformed_token",
+    (HEADER + "." + _seg(b'{"a": ' + b"[" * DEEP_JSON + b"]" * DEEP_JSON + b"}") + "." + SIG, "malformed_token",
      "not valid JSON"),
-    (HEADER + "." + _seg(b'{"a": ' * 3001 + b"1" + b"}" * 3001) + "." + SIG, "malformed_token", "JSON"),
+    (HEADER + "." + _seg(b'{"a": ' * DEEP_JSON + b"1" + b"}" * DEEP_JSON) + "." + SIG, "malformed_token", "JSON"),
     (f"{HEADER}.{CLAIMS}.{SIG}" + "A" * 70000, "token_too_large", "larger than"),
 ], ids=["two-parts", "four-parts", "empty", "no-signature-part", "padding", "standard-alphabet", "space", "newline",
         "trailing-newline", "impossible-length", "header-not-json", "claims-array", "claims-string", "non-utf8",

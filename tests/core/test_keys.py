@@ -21,7 +21,7 @@ from gitlab_sts.core.keys import (
     parse_keyring,
     render_keyring,
 )
-from tests.core.conftest import START
+from tests.core.conftest import DEEP_JSON, START
 
 WEEK = timedelta(days=7)
 PRIVATE = ("d", "p", "q", "dp", "dq", "qi")
@@ -148,6 +148,7 @@ def _keyring_error(data: Any) -> str:
 
 def test_parse_errors_for_shape() -> None:
     assert "not valid JSON" in _keyring_error("{")
+    assert "not valid JSON" in _keyring_error("[" * DEEP_JSON + "]" * DEEP_JSON)
     assert "'keys' list" in _keyring_error([])
     assert "'keys' list" in _keyring_error({"keys": {}})
     assert "expected an object with a 'jwk'" in _keyring_error({"keys": [1]})

@@ -6,6 +6,7 @@ import pytest
 
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.settings import Settings, check_url, parse_settings
+from tests.core.conftest import DEEP_YAML
 
 MINIMAL = """
 issuer: https://sts.example.com
@@ -121,8 +122,9 @@ def test_duplicate_gitlab_instances_refused() -> None:
         parse_settings(text)
 
 
-@pytest.mark.parametrize("text", ["issuer: [unclosed", "- a list", "just a string", ""],
-                         ids=["bad-yaml", "list", "scalar", "empty"])
+@pytest.mark.parametrize("text", ["issuer: [unclosed", "- a list", "just a string", "",
+                                  "a: " + "[" * DEEP_YAML + "]" * DEEP_YAML],
+                         ids=["bad-yaml", "list", "scalar", "empty", "deeply-nested"])
 def test_not_a_mapping_or_not_yaml(text: str) -> None:
     with pytest.raises(ConfigError, match=r"^custom\.yaml: "):
         parse_settings(text, source="custom.yaml")
