@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from datetime import UTC
@@ -16,7 +17,7 @@ import pytest
 
 from gitlab_sts import login
 from gitlab_sts.testing.sts import RunningSts
-from tests.login.conftest import ID_TOKEN, SECRET, Reply, StandIn
+from tests.login.conftest import ID_TOKEN, SECRET, SESSION_TOKEN, Reply, StandIn
 from tests.sts.conftest import (  # noqa: F401 (issuer, local_sts, signing_keys: fixtures shared with tests/sts)
     ACCOUNT,
     Issuer,
@@ -136,3 +137,28 @@ def test_boto3_uses_the_web_identity_exports(backed_by_local_sts: StandIn, local
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     identity = boto3.Session().client("sts").get_caller_identity()
     assert identity["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/basic/gitlab-77"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_curl_and_sed_snippet_of_the_docs(stand_in: StandIn) -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "job-client.md").read_text()
+    assert 'field() { printf \'%s\' "$creds" | sed -n' in docs
+    script = r'''set -eu
+creds=$(curl -fsS --retry 3 --retry-connrefused \
+  --data-urlencode grant_type=urn:ietf:params:oauth:grant-type:token-exchange \
+  --data-urlencode subject_token_type=urn:ietf:params:oauth:token-type:jwt \
+  --data-urlencode "subject_token=$GITLAB_STS_ID_TOKEN" \
+  --data-urlencode resource=arn:aws:iam::123456789012:role/payments-deploy \
+  "$GITLAB_STS_URL/v1/credentials")
+field() { printf '%s' "$creds" | sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"; }
+export AWS_ACCESS_KEY_ID=$(field AccessKeyId)
+export AWS_SECRET_ACCESS_KEY=$(field SecretAccessKey)
+export AWS_SESSION_TOKEN=$(field SessionToken)
+echo "$AWS_ACCESS_KEY_ID|$AWS_SECRET_ACCESS_KEY|$AWS_SESSION_TOKEN"
+'''
+    env = dict(os.environ, GITLAB_STS_URL=stand_in.url)
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    key, secret, session = done.stdout.strip().split("|")
+    assert key.startswith("ASIAEXAMPLE") and secret == SECRET and session == SESSION_TOKEN
+    assert stand_in.requests[0][1]["subject_token"] == ID_TOKEN
