@@ -164,7 +164,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
             error = InvalidRequest(f"the request body is larger than {MAX_BODY} bytes", reason="too_large")
         else:
             error = InvalidRequest(exc.description or exc.name, reason=f"http_{code}")
-            error.status = code
+        error.status = code
         return _exchange_error(error)
 
     @app.errorhandler(Exception)

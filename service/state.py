@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitlab_sts.core.bindingdoc import LoadedBindings, Rejected, load_bindings_dir
+from gitlab_sts.core.bindingdoc import (
+    DOC_FILE,
+    LoadedBindings,
+    Rejected,
+    load_bindings_dir,
+    parse_document,
+    render_document,
+)
 from gitlab_sts.core.bindings import BindingIndex
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, parse_keyring
@@ -69,6 +78,7 @@ class ConfigState:
         self._keys: KeyRing | None = None
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
+        self._last_good = LastGood.for_paths(paths)
         self.snapshot = Snapshot(None, None, (), None, {"settings": "not loaded yet"})
         self.reload(force=True)
 
@@ -105,7 +115,7 @@ class ConfigState:
         self._prints[name] = fp
         return True
 
-    def _attempt(self, name: str, load: Callable[[], None]) -> None:
+    def _attempt(self, name: str, load: Callable[[], None], fallback: Callable[[], None]) -> None:
         try:
             load()
         except (ConfigError, OSError) as exc:
@@ -115,19 +125,31 @@ class ConfigState:
             metrics.CONFIG_OK.labels(file=name).set(0)
             log.error("config reload failed, keeping the last good version",
                       extra={"event": "config_reload", "file": name, "error": message})
+            if not self._has(name):
+                # A worker that starts (or restarts) while a file is broken has no last good version
+                # in memory: take the copy another worker saved.
+                try:
+                    fallback()
+                except (ConfigError, OSError, ValueError):
+                    return
+                log.warning("using the last good copy saved by an earlier load",
+                            extra={"event": "config_reload", "file": name})
         else:
             self._errors.pop(name, None)
             metrics.CONFIG_RELOADS.labels(file=name, result="ok").inc()
             metrics.CONFIG_OK.labels(file=name).set(1)
 
+    def _has(self, name: str) -> bool:
+        return {"settings": self._settings, "bindings": self._index, "keys": self._keys}[name] is not None
+
     def _reload_locked(self, force: bool) -> None:
         settings_changed = self._changed("settings", self.paths.settings, force)
         if settings_changed:
-            self._attempt("settings", self._load_settings)
+            self._attempt("settings", self._load_settings, self._fallback_settings)
         if self._changed("bindings", self.paths.bindings, force) or (settings_changed and self._loaded):
-            self._attempt("bindings", self._load_bindings)
+            self._attempt("bindings", self._load_bindings, self._fallback_bindings)
         if self._changed("keys", self.paths.keys, force):
-            self._attempt("keys", self._load_keys)
+            self._attempt("keys", self._load_keys, self._fallback_keys)
         self.snapshot = Snapshot(
             settings=self._settings, index=self._index,
             rejected=self._loaded.rejected if self._loaded else (), keys=self._keys,
@@ -135,10 +157,26 @@ class ConfigState:
         )
 
     def _load_settings(self) -> None:
-        self._settings = parse_settings(self.paths.settings.read_text(), source=self.paths.settings.name)
+        raw = self.paths.settings.read_bytes()
+        self._settings = parse_settings(raw.decode(errors="replace"), source=self.paths.settings.name)
+        self._last_good.save("settings.yaml", raw)
+
+    def _fallback_settings(self) -> None:
+        raw = self._last_good.load("settings.yaml")
+        if raw is not None:
+            self._settings = parse_settings(raw.decode(), source="last good settings.yaml")
 
     def _load_bindings(self) -> None:
         loaded = load_bindings_dir(self.paths.bindings)
+        self._adopt_bindings(loaded)
+        self._last_good.save(DOC_FILE, render_document(loaded.bindings)[0])
+
+    def _fallback_bindings(self) -> None:
+        raw = self._last_good.load(DOC_FILE)
+        if raw is not None:
+            self._adopt_bindings(parse_document(raw, "last good bindings"))
+
+    def _adopt_bindings(self, loaded: LoadedBindings) -> None:
         default_issuer = None
         if self._settings is not None and len(self._settings.gitlab) == 1:
             default_issuer = self._settings.gitlab[0].issuer
@@ -153,4 +191,46 @@ class ConfigState:
         metrics.BINDINGS.set(len(index))
 
     def _load_keys(self) -> None:
-        self._keys = parse_keyring((self.paths.keys / KEYSET_FILE).read_text(), source=KEYSET_FILE)
+        raw = (self.paths.keys / KEYSET_FILE).read_bytes()
+        self._keys = parse_keyring(raw.decode(errors="replace"), source=KEYSET_FILE)
+        self._last_good.save(KEYSET_FILE, raw)
+
+    def _fallback_keys(self) -> None:
+        raw = self._last_good.load(KEYSET_FILE)
+        if raw is not None:
+            self._keys = parse_keyring(raw.decode(), source="last good keyset.json")
+
+
+class LastGood:
+    """Copies of the last files that loaded, shared by the workers of one service (private, 0600)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def for_paths(cls, paths: ConfigPaths) -> LastGood:
+        """$GITLAB_STS_STATE_DIR, else a folder in the temp dir keyed by the config paths."""
+        configured = os.environ.get("GITLAB_STS_STATE_DIR")
+        if configured:
+            return cls(Path(configured))
+        key = hashlib.sha256(f"{paths.settings}|{paths.bindings}|{paths.keys}".encode()).hexdigest()[:16]
+        return cls(Path(tempfile.gettempdir()) / f"gitlab-sts-last-good-{os.getuid()}-{key}")
+
+    def save(self, name: str, data: bytes) -> None:
+        """Write atomically; a failure to save is logged, never fatal."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, self.directory / name)
+        except OSError as exc:
+            log.warning("cannot save the last good copy", extra={"event": "config_reload", "file": name,
+                                                                  "error": exc.strerror})
+
+    def load(self, name: str) -> bytes | None:
+        """The saved copy, if any."""
+        try:
+            return (self.directory / name).read_bytes()
+        except OSError:
+            return None

@@ -8,6 +8,7 @@ controls: rotate its CI signing key and simulate outages. Never expose it beyond
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import threading
@@ -16,12 +17,17 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from joserfc import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc.jwk import RSAKey
 
 JWKS_PATH = "/oauth/discovery/keys"
 TOKEN_PATH = "/-/test/id_token"  # noqa: S105 (a path, not a secret)
 CONTROL_PATH = "/-/test/control"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def job_claims(issuer: str, aud: str | list[str], *, now: int | None = None, lifetime: int = 3600,
@@ -84,9 +90,20 @@ class FakeGitLab:
 
     def sign(self, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
         """Sign claims with the CI key, as GitLab signs job tokens."""
+        return self.sign_raw(json.dumps(claims), header)
+
+    def sign_raw(self, payload: str, header: dict[str, Any] | None = None) -> str:
+        """Sign arbitrary payload text (tests of malformed-but-signed tokens)."""
         head: dict[str, Any] = {"kid": self.ci_key.kid, "typ": "JWT", "alg": "RS256"}
         head.update(header or {})
-        return jwt.encode(head, claims, self.ci_key, algorithms=[head["alg"]])
+        # None removes a member (e.g. kid). Signed by hand so that tests can sign hostile headers
+        # (crit, jku, ...) that a JOSE library would refuse to produce.
+        head = {k: v for k, v in head.items() if v is not None}
+        signing_input = _b64(json.dumps(head).encode()) + "." + _b64(payload.encode())
+        private = self.ci_key.private_key
+        assert private is not None
+        signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return signing_input + "." + _b64(signature)
 
 
 def _handler(state: FakeGitLab) -> type[BaseHTTPRequestHandler]:
@@ -144,7 +161,9 @@ def _handler(state: FakeGitLab) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (stdlib's name)
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            if self.path == TOKEN_PATH:
+            if self.path == TOKEN_PATH and "raw_payload" in body:
+                self._send(200, {"token": state.sign_raw(str(body["raw_payload"]), body.get("header"))})
+            elif self.path == TOKEN_PATH:
                 overrides = body.get("claims", {})
                 claims = job_claims(state.issuer, body.get("aud", state.issuer),
                                     lifetime=int(body.get("lifetime", 3600)), **overrides)
