@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gitlab_sts.core.bindingdoc import LoadedBindings, load_bindings_dir
-from gitlab_sts.core.bindings import BindingIndex
+from gitlab_sts.core.bindings import KIND, BindingIndex
 from gitlab_sts.core.claims import check_types
+from gitlab_sts.core.crdschema import load_crd, validate_manifest
 from gitlab_sts.core.errors import ConfigError, ExchangeError
 from gitlab_sts.core.exchange import explain
 from gitlab_sts.core.jwtparse import parse_compact
@@ -99,9 +102,16 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_MATCH if len(matches) == 1 else EXIT_NO_MATCH
 
 
-def _crd_problems(directory: Path, crd: Path) -> list[str]:
+def _crd_problems(directory: Path, crd_path: Path) -> list[str]:
+    """Validate every GitLabAWSBinding manifest against the CRD schema the API server enforces."""
     try:
-        from gitlab_sts.core import crdschema
-    except ImportError:
-        return [f"{crd}: CRD validation is not available in this build"]
-    return list(crdschema.validate_directory(directory, crd))
+        crd = load_crd(crd_path)
+    except (OSError, ValueError) as exc:
+        return [f"{crd_path}: cannot load the CRD: {exc}"]
+    problems: list[str] = []
+    for path in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if isinstance(doc, dict) and doc.get("kind") == KIND:
+                name = (doc.get("metadata") or {}).get("name", f"#{i}")
+                problems.extend(f"{path.name} {name}: CRD schema: {e}" for e in validate_manifest(doc, crd))
+    return problems

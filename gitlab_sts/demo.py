@@ -15,8 +15,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gitlab_sts.core.bindingdoc import load_bindings_dir
+from gitlab_sts.core.bindings import subject_for
+from gitlab_sts.core.trustpolicy import trust_policy
 from gitlab_sts.localserver import free_port, service_env, start_gunicorn, wait_ready
 from gitlab_sts.testing import gitlab
+from gitlab_sts.testing.sts import RunningSts, start_local_sts
+from gitlab_sts.testing.sts_config import parse_config
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -45,13 +50,33 @@ def _job_token(issuer: str, audience: str, **claims: Any) -> str:
 
 def _decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     head, payload, _ = token.split(".")
-    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    return json.loads(base64.urlsafe_b64decode(pad(head))), json.loads(base64.urlsafe_b64decode(pad(payload)))
+    return json.loads(_unpad(head)), json.loads(_unpad(payload))
+
+
+def _unpad(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 def exchange_form(token: str, **extra: str) -> dict[str, str]:
     """The RFC 8693 form for a GitLab ID token."""
     return {"grant_type": GRANT, "subject_token": token, "subject_token_type": JWT_TYPE, **extra}
+
+
+def _sts_accounts(bindings: Path, issuer: str) -> dict[str, Any]:
+    """The local STS's accounts: an OIDC provider for our issuer and, per example role, a trust policy.
+
+    The release role deliberately trusts another binding's sub, to show an AWS-side refusal.
+    """
+    loaded = load_bindings_dir(bindings)
+    accounts = sorted({b.spec.aws.role_arn.split(":")[4] for b in loaded.bindings})
+    roles = []
+    for b in loaded.bindings:
+        policy = trust_policy(b, issuer, "sts.amazonaws.com")
+        if b.name == "release-tags":
+            policy = json.loads(json.dumps(policy).replace(b.subject, subject_for(b.namespace, "someone-else")))
+        roles.append({"arn": b.spec.aws.role_arn, "maxSessionDuration": 3600, "trustPolicy": policy})
+    return {"providers": [{"url": issuer, "clientIds": ["sts.amazonaws.com"], "account": a} for a in accounts],
+            "roles": roles}
 
 
 def run_demo(bindings: Path) -> int:
@@ -65,16 +90,19 @@ def run_demo(bindings: Path) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process: subprocess.Popen[bytes] | None = None
+    sts: RunningSts | None = None
     try:
         _step(1, "A stand-in GitLab instance (OIDC discovery + JWKS, GitLab's claim set)")
         print(f"GitLab issuer: {fake.issuer}  (JWKS at {fake.issuer}{gitlab.JWKS_PATH})")
 
         _step(2, "The exchange service under gunicorn, trusting that GitLab")
+        sts = start_local_sts(parse_config(_sts_accounts(bindings, url)))
         settings = work / "settings.yaml"
         settings.write_text(
             f"issuer: {url}\n"
             f"gitlab:\n  - issuer: {fake.issuer}\n    audiences: [{url}]\n"
             "tokens: {lifetime: 900, maxLifetime: 3600, audience: sts.amazonaws.com}\n"
+            f"sts: {{endpoint: {sts.url}}}\n"
         )
         print(settings.read_text().rstrip())
         env, _ = service_env(settings, bindings, None, host="127.0.0.1", port=port, workers=2,
@@ -116,7 +144,22 @@ def run_demo(bindings: Path) -> int:
         for row in explained["bindings"]:
             print(f"  {row['binding']}: {'MATCH' if row['matches'] else row['reason']}")
 
-        _step(8, "Exchange latency (200 sequential exchanges over loopback HTTP)")
+        _step(8, "POST /v1/credentials: the service calls STS AssumeRoleWithWebIdentity (a local STS, not AWS)")
+        status, creds = _post(url + "/v1/credentials", exchange_form(token))
+        if status != 200:
+            print(f"HTTP {status}: {json.dumps(creds, indent=2)}")
+            return 1
+        shown = {k: (v[:8] + "..." if k in ("SecretAccessKey", "SessionToken") else v) for k, v in creds.items()}
+        print(f"HTTP {status} (credential_process JSON): {json.dumps(shown)}")
+
+        _step(9, "A role whose trust policy does not name this binding: STS refuses, the job sees why")
+        status, refused = _post(url + "/v1/credentials", exchange_form(
+            _job_token(fake.issuer, url, ref="v2.0.0", ref_type="tag", ref_path="refs/tags/v2.0.0")))
+        print(f"HTTP {status}: {refused['error']}: {refused['error_description']}")
+        if "trust_policy" in refused:
+            print("the trust policy the role needs:\n" + json.dumps(refused["trust_policy"], indent=2))
+
+        _step(10, "Exchange latency (200 sequential exchanges over loopback HTTP)")
         timings = []
         for _ in range(200):
             t0 = time.perf_counter()
@@ -132,4 +175,6 @@ def run_demo(bindings: Path) -> int:
             process.terminate()
             process.wait(timeout=30)
         server.shutdown()
+        if sts is not None:
+            sts.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -14,13 +14,15 @@ from werkzeug.exceptions import HTTPException
 from gitlab_sts.core.errors import ExchangeError, InvalidRequest, TemporarilyUnavailable
 from gitlab_sts.core.exchange import ISSUED_TOKEN_TYPE, ExchangeRequest, decide, explain, parse_form
 from gitlab_sts.core.mint import MintedToken, mint
-from gitlab_sts.core.settings import JwksSettings
+from gitlab_sts.core.settings import JwksSettings, StsSettings
+from gitlab_sts.core.trustpolicy import trust_policy
 from gitlab_sts.core.verify import VerifiedToken, verify_gitlab_token
 from gitlab_sts.service import metrics
 from gitlab_sts.service.audit import audit, configure_logging
 from gitlab_sts.service.jwks import JwksCache
 from gitlab_sts.service.paths import ConfigPaths
 from gitlab_sts.service.state import ConfigState, Snapshot
+from gitlab_sts.service.stsclient import StsClient, StsError
 
 log = logging.getLogger("gitlab_sts.service")
 # Bigger than any acceptable token plus form overhead; larger bodies are refused before parsing.
@@ -37,6 +39,16 @@ class Service:
         snapshot = self.state.current()
         self.jwks = JwksCache(snapshot.settings.jwks if snapshot.settings else JwksSettings())
         self.development_keys = paths.development_keys
+        self._sts: tuple[StsSettings, StsClient] | None = None
+
+    def sts(self, settings: StsSettings) -> StsClient:
+        """The STS client for the current settings (rebuilt only when they change)."""
+        current = self._sts
+        if current is None or current[0] != settings:
+            client = StsClient(settings.endpoint, region=settings.region, timeout=settings.timeout,
+                               ca_bundle=settings.ca_bundle)
+            current = self._sts = (settings, client)
+        return current[1]
 
     def snapshot(self) -> Snapshot:
         """Current config; updates the key-cache settings when settings changed."""
@@ -125,6 +137,19 @@ def exchange_token(svc: Service, endpoint: str) -> tuple[ExchangeRequest, Verifi
     return form_request, verified, minted, decision
 
 
+def _duration(form: dict[str, list[str]]) -> int | None:
+    values = form.get("duration_seconds")
+    if not values:
+        return None
+    try:
+        value = int(values[0])
+    except ValueError:
+        value = 0
+    if not 900 <= value <= 43200:
+        raise InvalidRequest("duration_seconds must be an integer from 900 to 43200", reason="bad_form")
+    return value
+
+
 def role_session_name(claims: dict[str, Any]) -> str:
     """gitlab-<project_id>-<job_id>, within STS's 2-64 characters of [\\w+=,.@-]."""
     return f"gitlab-{claims.get('project_id')}-{claims.get('job_id')}"[:64]
@@ -190,6 +215,35 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
             "role_session_name": role_session_name(verified.claims),
         }
         response = jsonify(body)
+        response.headers.update(NO_STORE)
+        return response
+
+    @app.post("/v1/credentials")
+    def credentials() -> Response:
+        svc = _service()
+        duration = _duration(_form())
+        _, verified, minted, decision = exchange_token(svc, "/v1/credentials")
+        snap = svc.snapshot()
+        assert snap.settings is not None
+        role = decision.grant.role_arn
+        session = role_session_name(verified.claims)
+        try:
+            creds = svc.sts(snap.settings.sts).assume_role_with_web_identity(role, minted.token, session, duration)
+        except StsError as exc:
+            metrics.STS_CALLS.labels(result=exc.code).inc()
+            error = exc.exchange_error(role)
+            if exc.code == "AccessDenied":
+                # The one thing a role owner needs to fix it: the exact trust policy for this binding.
+                error.details["trust_policy"] = trust_policy(decision.binding, snap.settings.issuer,
+                                                             snap.settings.tokens.audience)
+            error.details.update(binding=decision.binding.key, role_arn=role)
+            raise error from None
+        metrics.STS_CALLS.labels(result="ok").inc()
+        metrics.EXCHANGES.labels(endpoint="/v1/credentials", result="issued", reason="ok").inc()
+        metrics.LATENCY.labels(endpoint="/v1/credentials").observe(time.perf_counter() - g.started)
+        audit(endpoint="/v1/credentials", result="issued", reason="ok", token=g.token, claims=verified.claims,
+              binding=decision.binding.key, role_arn=role, jti=minted.jti, kid=minted.kid)
+        response = jsonify(creds.credential_process())
         response.headers.update(NO_STORE)
         return response
 
