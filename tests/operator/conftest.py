@@ -28,7 +28,7 @@ class VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             wanted = meta.get("resourceVersion")
             if action == kmock.action.UPDATE and wanted:
                 key = (request.resource, request.namespace, request.name)
-                stored = self.objects[key] if key in self.objects else None
+                stored = self.objects[key] if key in self.objects else None  # noqa: SIM401 - no .get()
                 if stored is not None and not stored.deleted:
                     have = stored.get("metadata", {}).get("resourceVersion")
                     if have != wanted:

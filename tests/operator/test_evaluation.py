@@ -7,8 +7,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from operator_helpers import GUARDED_YAML, manifest, settings, spec
 
-from gitlab_sts.operator.evaluation import COMPILED, FORBIDDEN, INVALID_SPEC, UNTRUSTED_ISSUER, Context, \
-    desired_status, evaluate, project_label, rejected_anew, rejection_event, status_patch
+from gitlab_sts.operator.evaluation import (
+    COMPILED,
+    FORBIDDEN,
+    INVALID_SPEC,
+    UNTRUSTED_ISSUER,
+    Context,
+    desired_status,
+    evaluate,
+    project_label,
+    rejected_anew,
+    rejection_event,
+    status_patch,
+)
 from gitlab_sts.operator.memo import BindingMemo
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -32,7 +32,8 @@ async def eventually(check: Any, timeout: float = 10.0) -> Any:
 
 
 @pytest.mark.asyncio
-async def test_operator_under_kopf(k8s: Any, client: KubeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_operator_under_kopf(k8s: Any, client: KubeClient, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "settings.yaml").write_text(SETTINGS_YAML)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
