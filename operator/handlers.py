@@ -42,9 +42,7 @@ def runtime() -> Runtime:
     return _state["runtime"]
 
 
-@kopf.on.login()
-def login(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
-          **_: Any) -> Any:
+def credentials(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any]) -> Any:
     """Credentials for kopf and for our client alike: in-cluster service account, else kubeconfig."""
     info = kopf.login_with_service_account(settings=settings)
     if info is None:
@@ -59,6 +57,12 @@ def login(settings: kopf.OperatorSettings, logger: logging.Logger | logging.Logg
     return info
 
 
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> Any:
+    """kopf's login: the same credentials our client uses."""
+    return credentials(settings, logger)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
                   **_: Any) -> None:
@@ -70,7 +74,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger | logg
         app_settings = parse_settings(cfg.settings_file.read_text(), str(cfg.settings_file))
     except OSError as exc:
         raise kopf.PermanentError(f"cannot read {cfg.settings_file}: {exc}") from None
-    rt = build_runtime(cfg, app_settings, endpoint_from(login(settings=settings, logger=logger)))
+    rt = build_runtime(cfg, app_settings, endpoint_from(credentials(settings, logger)))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
     await rt.start()
