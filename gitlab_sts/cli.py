@@ -101,10 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.set_defaults(func=_fake_gitlab)
 
     for module_name, function in _PLUGINS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
+        module = importlib.import_module(module_name)
         add: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = getattr(module, function)
         add(sub)
     return parser
