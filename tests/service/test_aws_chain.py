@@ -61,7 +61,8 @@ def _accounts(bindings: Path, issuer: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def chain(fake_gitlab: FakeGitLabProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, RunningSts]]:
+def chain(fake_gitlab: FakeGitLabProcess,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, RunningSts]]:
     root = Path(tmp_path_factory.mktemp("chain"))
     bindings = root / "bindings-src"
     shutil.copytree(EXAMPLES, bindings)
@@ -124,7 +125,8 @@ def test_aws_refusals_reach_the_job_with_code_and_hint(chain: tuple[Service, Run
         policy = body["trust_policy"]
         statement = policy["Statement"][0]
         assert "sts:TagSession" in statement["Action"]
-        assert any(v == subject_for(*body["binding"].split("/")) for v in statement["Condition"]["StringEquals"].values())
+        wanted = subject_for(*body["binding"].split("/"))
+        assert wanted in statement["Condition"]["StringEquals"].values()
     else:
         assert "OIDC provider" in body["error_description"]
 
