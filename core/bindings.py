@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 import celpy
 from celpy.adapter import json_to_cel
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from gitlab_sts.core.claims import ACCESS_LEVELS
 from gitlab_sts.core.errors import CompileError, FieldError
 from gitlab_sts.core.patterns import glob_to_regex
+from gitlab_sts.core.settings import check_url
 from gitlab_sts.core.tags import MAX_TAGS, key_problem, sanitise_source_identity, sanitise_value
 
 GROUP = "gitlab-sts.io"
@@ -28,49 +29,51 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
+    # Only the camelCase names of the public contract, and no type coercion ("yes" is not true,
+    # "12" is not a runner id): a binding means exactly what it says or it does not compile.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, alias_generator=to_camel)
 
 
 class ProjectSelector(_Spec):
     """Who: exactly one of a project path, a project id or a whole namespace (group)."""
 
-    path: str | None = Field(None, min_length=1)
-    id: str | None = Field(None, pattern=r"^[0-9]+$")
-    namespace: str | None = Field(None, min_length=1)
+    path: StrictStr | None = Field(None, min_length=1)
+    id: StrictStr | None = Field(None, pattern=r"^[0-9]+$")
+    namespace: StrictStr | None = Field(None, min_length=1)
 
 
 class Rules(_Spec):
     """When: every rule given must hold."""
 
-    refs: tuple[str, ...] | None = None
+    refs: tuple[StrictStr, ...] | None = None
     ref_type: Literal["branch", "tag"] | None = None
-    protected_ref: bool | None = None
-    environments: tuple[str, ...] | None = None
-    protected_environment: bool | None = None
-    pipeline_sources: tuple[str, ...] | None = None
-    runner_ids: tuple[int, ...] | None = None
+    protected_ref: StrictBool | None = None
+    environments: tuple[StrictStr, ...] | None = None
+    protected_environment: StrictBool | None = None
+    pipeline_sources: tuple[StrictStr, ...] | None = None
+    runner_ids: tuple[StrictInt, ...] | None = None
     runner_environment: Literal["self-hosted", "gitlab-hosted"] | None = None
     min_access_level: Literal["guest", "planner", "reporter", "developer", "maintainer", "owner"] | None = None
-    condition: str | None = None
+    condition: StrictStr | None = None
 
 
 class AwsTarget(_Spec):
     """What: the role and how the minted token looks."""
 
-    role_arn: str
-    audience: str | None = None
-    token_lifetime_seconds: int | None = Field(None, ge=60, le=43200)
-    session_tags: tuple[str, ...] = ()
-    transitive_tags: tuple[str, ...] = ()
-    source_identity: str | None = None
+    role_arn: StrictStr
+    audience: StrictStr | None = None
+    token_lifetime_seconds: StrictInt | None = Field(None, ge=60, le=43200)
+    session_tags: tuple[StrictStr, ...] = ()
+    transitive_tags: tuple[StrictStr, ...] = ()
+    source_identity: StrictStr | None = Field(None, min_length=1)
     # Let the minted token outlive the GitLab token's own exp (off by default).
-    outlive_source_token: bool = False
+    outlive_source_token: StrictBool = False
 
 
 class BindingSpec(_Spec):
     """The spec of a GitLabAWSBinding as users write it."""
 
-    issuer: str | None = None
+    issuer: StrictStr | None = None
     project: ProjectSelector
     rules: Rules = Rules()
     aws: AwsTarget
@@ -300,6 +303,15 @@ def compile_binding(namespace: str, name: str, spec: Mapping[str, Any]) -> Compi
             errors.append(FieldError(f"spec.aws.transitiveTags[{i}]", f"{tag!r} is not in sessionTags"))
     if aws.audience is not None and not aws.audience.strip():
         errors.append(FieldError("spec.aws.audience", "must not be empty"))
+    if len(set(aws.transitive_tags)) != len(aws.transitive_tags):
+        errors.append(FieldError("spec.aws.transitiveTags", "lists a tag twice"))
+    if model.issuer is not None:
+        try:
+            check_url(model.issuer, what="issuer")
+            if model.issuer.endswith("/"):
+                raise ValueError("issuer must not end with '/' (it must equal the token's iss exactly)")
+        except ValueError as exc:
+            errors.append(FieldError("spec.issuer", str(exc)))
 
     checks: list[Check] = []
     if len(chosen) == 1:

@@ -76,6 +76,7 @@ class ConfigState:
         self._loaded: LoadedBindings | None = None
         self._index: BindingIndex | None = None
         self._keys: KeyRing | None = None
+        self._rejected: tuple[Rejected, ...] = ()
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._last_good = LastGood.for_paths(paths)
@@ -152,7 +153,7 @@ class ConfigState:
             self._attempt("keys", self._load_keys, self._fallback_keys)
         self.snapshot = Snapshot(
             settings=self._settings, index=self._index,
-            rejected=self._loaded.rejected if self._loaded else (), keys=self._keys,
+            rejected=self._rejected, keys=self._keys,
             errors=dict(self._errors), bindings_digest=self._loaded.digest if self._loaded else "",
         )
 
@@ -181,13 +182,16 @@ class ConfigState:
         if self._settings is not None and len(self._settings.gitlab) == 1:
             default_issuer = self._settings.gitlab[0].issuer
         index = BindingIndex(loaded.bindings, default_issuer=default_issuer)
+        trusted = {g.issuer for g in self._settings.gitlab} if self._settings else set()
+        unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
+                    for b in index.unresolved]
+        unusable += [Rejected(b.key, f"spec.issuer: {b.spec.issuer} is not a trusted GitLab instance in settings")
+                     for b in index.bindings if b.spec.issuer is not None and b.spec.issuer not in trusted]
         self._loaded, self._index = loaded, index
-        for bad in loaded.rejected:
+        self._rejected = loaded.rejected + tuple(unusable)
+        for bad in self._rejected:
             log.warning("binding rejected", extra={"event": "binding_rejected", "binding": bad.key,
                                                    "error": bad.error})
-        for b in index.unresolved:
-            log.warning("binding names no issuer while several GitLab instances are trusted",
-                        extra={"event": "binding_rejected", "binding": b.key})
         metrics.BINDINGS.set(len(index))
 
     def _load_keys(self) -> None:

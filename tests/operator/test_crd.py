@@ -22,11 +22,13 @@ def crd() -> dict[str, Any]:
 
 
 def _unwrap(annotation: Any) -> Any:
-    """Strip Optional."""
+    """Strip Optional and Annotated (StrictStr is Annotated[str, Strict()])."""
     if get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         assert len(args) == 1
-        return args[0]
+        annotation = args[0]
+    if get_origin(annotation) is typing.Annotated:
+        annotation = get_args(annotation)[0]
     return annotation
 
 
@@ -56,7 +58,7 @@ def _compare(model: type[BaseModel], schema: dict[str, Any], where: str) -> None
         if get_origin(inner) is Literal:
             assert sub["enum"] == list(get_args(inner)), path
         if get_origin(inner) is tuple:
-            item = get_args(inner)[0]
+            item = _unwrap(get_args(inner)[0])
             assert sub["items"]["type"] == _expected_type(item), path
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             _compare(inner, sub, path)

@@ -171,3 +171,20 @@ def test_jwks_never_shows_private_members(service: Service) -> None:
     d_value = json.loads(private)["keys"][0]["jwk"]["d"]
     for path in ("/.well-known/jwks.json", "/readyz", "/metrics", "/.well-known/openid-configuration"):
         assert d_value not in requests.get(service.url + path, timeout=10).text
+
+
+def test_binding_for_an_untrusted_issuer_is_reported(fake_gitlab: FakeGitLabProcess, tmp_path: Path) -> None:
+    svc = start_service(tmp_path, fake_gitlab)
+    try:
+        (svc.bindings_dir / "elsewhere.yaml").write_text(
+            "apiVersion: gitlab-sts.io/v1alpha1\nkind: GitLabAWSBinding\n"
+            "metadata: {name: elsewhere, namespace: team-x}\n"
+            "spec: {issuer: 'https://gitlab.other.example', project: {path: a/b}, "
+            "aws: {roleArn: 'arn:aws:iam::123456789012:role/x'}}\n"
+        )
+        detail = eventually(lambda: (d := _ready(svc))["rejected_bindings"] and d)
+        assert detail["rejected_bindings"] == [
+            {"binding": "team-x/elsewhere",
+             "error": "spec.issuer: https://gitlab.other.example is not a trusted GitLab instance in settings"}]
+    finally:
+        svc.stop()
