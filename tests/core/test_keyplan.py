@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 
 from gitlab_sts.core.errors import ConfigError
-from gitlab_sts.core.keys import KeyRing, ManagedKey, RotationPolicy, generate_key, parse_keyring, plan, \
-    policy_from_settings, render_keyring
+from gitlab_sts.core.keys import (
+    KeyRing,
+    ManagedKey,
+    RotationPolicy,
+    generate_key,
+    parse_keyring,
+    plan,
+    policy_from_settings,
+    render_keyring,
+)
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 POLICY = policy_from_settings("ES256", period_s=7 * 86400, lead_s=86400, max_lifetime_s=3600, skew_s=300)
