@@ -144,22 +144,7 @@ def run_demo(bindings: Path) -> int:
         for row in explained["bindings"]:
             print(f"  {row['binding']}: {'MATCH' if row['matches'] else row['reason']}")
 
-        _step(8, "POST /v1/credentials: the service calls STS AssumeRoleWithWebIdentity (a local STS, not AWS)")
-        status, creds = _post(url + "/v1/credentials", exchange_form(token))
-        if status != 200:
-            print(f"HTTP {status}: {json.dumps(creds, indent=2)}")
-            return 1
-        shown = {k: (v[:8] + "..." if k in ("SecretAccessKey", "SessionToken") else v) for k, v in creds.items()}
-        print(f"HTTP {status} (credential_process JSON): {json.dumps(shown)}")
-
-        _step(9, "A role whose trust policy does not name this binding: STS refuses, the job sees why")
-        status, refused = _post(url + "/v1/credentials", exchange_form(
-            _job_token(fake.issuer, url, ref="v2.0.0", ref_type="tag", ref_path="refs/tags/v2.0.0")))
-        print(f"HTTP {status}: {refused['error']}: {refused['error_description']}")
-        if "trust_policy" in refused:
-            print("the trust policy the role needs:\n" + json.dumps(refused["trust_policy"], indent=2))
-
-        _step(10, "Exchange latency (200 sequential exchanges over loopback HTTP)")
+        _step(8, "Exchange latency (200 sequential exchanges over loopback HTTP)")
         timings = []
         for _ in range(200):
             t0 = time.perf_counter()
@@ -168,6 +153,21 @@ def run_demo(bindings: Path) -> int:
             assert status == 200
         timings.sort()
         print(f"p50 {statistics.median(timings):.2f} ms, p99 {timings[int(len(timings) * 0.99) - 1]:.2f} ms")
+        _step(9, "A role whose trust policy does not name this binding: STS refuses, the job sees why")
+        status, refused = _post(url + "/v1/credentials", exchange_form(
+            _job_token(fake.issuer, url, ref="v2.0.0", ref_type="tag", ref_path="refs/tags/v2.0.0")))
+        print(f"HTTP {status}: {refused['error']}: {refused['error_description']}")
+        if "trust_policy" in refused:
+            print("the trust policy the role needs:\n" + json.dumps(refused["trust_policy"], indent=2))
+
+        _step(10, "POST /v1/credentials: the service calls STS AssumeRoleWithWebIdentity (a local STS, not AWS)")
+        status, creds = _post(url + "/v1/credentials", exchange_form(token))
+        if status != 200:
+            print(f"HTTP {status}: {json.dumps(creds, indent=2)}")
+            return 1
+        shown = {k: (v[:8] + "..." if k in ("SecretAccessKey", "SessionToken") else v) for k, v in creds.items()}
+        print(f"HTTP {status} (credential_process JSON): {json.dumps(shown)}")
+
         print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
         return 0
     finally:
