@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -55,6 +56,11 @@ class GitLabInstance(_Model):
     jwks: dict[str, Any] | None = None
     algorithms: tuple[str, ...] = ("RS256",)
     allow_insecure_http: bool = False
+    # Accept the original CI_JOB_JWT (GitLab 12.10-16.x): iss is the bare host, no aud, sub job_<id>.
+    legacy_job_jwt: bool = False
+    # When the pinned jwks was copied; /readyz and a metric warn once it is older than pinnedMaxAgeDays.
+    pinned_at: datetime | None = None
+    pinned_max_age_days: int = Field(90, ge=1, le=3650)
 
     @field_validator("algorithms")
     @classmethod
@@ -71,7 +77,17 @@ class GitLabInstance(_Model):
         check_url(self.issuer, allow_http=self.allow_insecure_http, what="gitlab issuer")
         if self.jwks_uri:
             check_url(self.jwks_uri, allow_http=self.allow_insecure_http, what="jwksUri")
+        if self.pinned_at is not None:
+            if self.jwks is None:
+                raise ValueError("pinnedAt needs a pinned jwks")
+            if self.pinned_at.tzinfo is None:
+                raise ValueError("pinnedAt must carry a time zone (e.g. 2025-01-31T00:00:00Z)")
         return self
+
+    @property
+    def legacy_issuer(self) -> str | None:
+        """The bare host CI_JOB_JWT carries as iss, when legacyJobJwt is on."""
+        return urlsplit(self.issuer).hostname if self.legacy_job_jwt else None
 
     @property
     def discovery_url(self) -> str:
@@ -131,6 +147,72 @@ class GuardRule(_Model):
     role_arns: tuple[str, ...] = ()
 
 
+class S3Publish(_Model):
+    """Where the operator copies the discovery document and JWKS in S3 (or an S3-compatible store)."""
+
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = Field(pattern=r"^[a-z0-9-]{2,32}$")
+    prefix: str = ""
+    # An S3-compatible endpoint (MinIO, a VPC endpoint, ...); default: AWS's regional endpoint.
+    endpoint_url: str | None = None
+    # The URL AWS reads (CloudFront or a custom domain); default: the bucket's virtual-hosted URL,
+    # or endpointUrl/bucket/prefix (path style) when endpointUrl is set.
+    public_url: str | None = None
+    cache_control: str = "public, max-age=300"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v.startswith("/") or v.endswith("/") or "//" in v or any(c in v for c in "?#\\ "):
+            raise ValueError("prefix must be a relative key prefix without leading or trailing '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _urls(self) -> S3Publish:
+        if self.endpoint_url:
+            check_url(self.endpoint_url, what="publish.s3.endpointUrl")
+        if self.public_url:
+            check_url(self.public_url, what="publish.s3.publicUrl")
+        elif "." in self.bucket and not self.endpoint_url:
+            # *.s3.<region>.amazonaws.com's certificate does not cover dotted bucket names.
+            raise ValueError("a bucket name with dots needs publicUrl (e.g. CloudFront): "
+                             "its virtual-hosted URL has no valid TLS certificate")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The public URL the objects are read from (must equal the settings issuer)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        suffix = "/" + self.prefix if self.prefix else ""
+        if self.endpoint_url:
+            return f"{self.endpoint_url.rstrip('/')}/{self.bucket}{suffix}"
+        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com{suffix}"
+
+    def key(self, name: str) -> str:
+        """The object key of a document below .well-known/."""
+        return f"{self.prefix}/.well-known/{name}" if self.prefix else f".well-known/{name}"
+
+
+class PublishSettings(_Model):
+    """Who serves the issuer's discovery document and JWKS to AWS."""
+
+    # The exchange service's own routes (behind the chart's Ingress); the service serves them regardless.
+    ingress: bool = True
+    s3: S3Publish | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> PublishSettings:
+        if not self.ingress and self.s3 is None:
+            raise ValueError("publish needs ingress: true or an s3 target")
+        return self
+
+    @property
+    def via(self) -> tuple[str, ...]:
+        """The publishing targets in use."""
+        return (("ingress",) if self.ingress else ()) + (("s3",) if self.s3 else ())
+
+
 class Settings(_Model):
     """Everything in settings.yaml."""
 
@@ -141,6 +223,7 @@ class Settings(_Model):
     jwks: JwksSettings = JwksSettings()
     keys: KeySettings = KeySettings()
     guard: tuple[GuardRule, ...] = ()
+    publish: PublishSettings = PublishSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -154,7 +237,22 @@ class Settings(_Model):
             if g.issuer in seen:
                 raise ValueError(f"gitlab issuer {g.issuer} is listed twice")
             seen.add(g.issuer)
+        hosts = [g.legacy_issuer for g in self.gitlab if g.legacy_issuer]
+        if len(hosts) != len(set(hosts)):
+            raise ValueError("legacyJobJwt is on for two gitlab instances with the same host: "
+                             "a CI_JOB_JWT names only the host, so it could not tell them apart")
+        if self.publish.s3 is not None and self.publish.s3.url != self.issuer:
+            raise ValueError(f"issuer must equal the S3 publication URL {self.publish.s3.url} "
+                             "(AWS reads discovery from the issuer URL); set publish.s3.publicUrl "
+                             "for CloudFront or a custom domain")
         return self
+
+    def legacy_instance(self, iss: str) -> GitLabInstance | None:
+        """The instance with legacyJobJwt whose bare host equals iss (a CI_JOB_JWT), if any."""
+        for g in self.gitlab:
+            if g.legacy_issuer is not None and g.legacy_issuer == iss:
+                return g
+        return None
 
     def instance(self, issuer: str) -> GitLabInstance | None:
         """Return the trusted instance whose issuer equals iss exactly."""

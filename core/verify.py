@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from gitlab_sts.core.settings import GitLabInstance, Settings
 # Header members that point at key material or change processing; a GitLab token never has them.
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64", "zip", "enc")
 _KTY_FOR_ALG = {"RS": "RSA", "ES": "EC"}
+_LEGACY_SUB = re.compile(r"job_[0-9]+")
 
 
 class KeySource(Protocol):
@@ -36,6 +38,7 @@ class VerifiedToken:
     instance: GitLabInstance
     claims: dict[str, Any]
     kid: str | None
+    legacy: bool = False  # a CI_JOB_JWT (legacyJobJwt): bare-host iss, no aud
 
 
 def _pick_key(keys: KeySet, kid: str | None, alg: str) -> RSAKey | ECKey | None:
@@ -62,6 +65,10 @@ def verify_gitlab_token(
 
     iss = unverified.get("iss")
     instance = settings.instance(iss) if isinstance(iss, str) else None
+    # The original CI_JOB_JWT names only the host; accepted only where settings opt in (legacyJobJwt).
+    legacy = instance is None and isinstance(iss, str) and settings.legacy_instance(iss) is not None
+    if legacy:
+        instance = settings.legacy_instance(str(iss))
     if instance is None:
         # Only issuers from settings are ever contacted; an unknown iss is refused offline.
         raise InvalidRequest("the token's issuer is not a trusted GitLab instance", reason="untrusted_issuer")
@@ -107,12 +114,17 @@ def verify_gitlab_token(
         raise InvalidRequest("token signature is not valid", reason="bad_signature") from None
 
     claims = unverified
-    _check_audience(claims, instance)
-    # Types first, so a token without exp or iat is refused as "lacks required claims" rather than
-    # "must be an integer"; _check_times then relies on them being integers.
-    check_types(claims)
+    if legacy:
+        _check_legacy(claims)
+        # CI_JOB_JWT has no aud by design (checked just above); the other claims keep GitLab's types.
+        check_types({**claims, "aud": ""})
+    else:
+        _check_audience(claims, instance)
+        # Types first, so a token without exp or iat is refused as "lacks required claims" rather than
+        # "must be an integer"; _check_times then relies on them being integers.
+        check_types(claims)
     _check_times(claims, now=now, leeway=limits.leeway)
-    return VerifiedToken(instance=instance, claims=claims, kid=kid)
+    return VerifiedToken(instance=instance, claims=claims, kid=kid, legacy=legacy)
 
 
 def _check_audience(claims: dict[str, Any], instance: GitLabInstance) -> None:
@@ -125,6 +137,17 @@ def _check_audience(claims: dict[str, Any], instance: GitLabInstance) -> None:
             f"token audience is not accepted (expected one of: {', '.join(instance.audiences)})",
             reason="bad_audience",
         )
+
+
+def _check_legacy(claims: dict[str, Any]) -> None:
+    """A CI_JOB_JWT: no aud at all, and sub is job_<job_id>; anything else with a bare-host iss is refused."""
+    if "aud" in claims:
+        raise InvalidRequest(
+            "a token whose iss is a bare host must be a CI_JOB_JWT, which has no 'aud'", reason="bad_audience"
+        )
+    sub, job_id = claims.get("sub"), claims.get("job_id")
+    if not isinstance(sub, str) or not _LEGACY_SUB.fullmatch(sub) or sub != f"job_{job_id}":
+        raise InvalidRequest("a CI_JOB_JWT's 'sub' must be job_<job_id>", reason="claim_type")
 
 
 def _check_times(claims: dict[str, Any], *, now: float, leeway: int) -> None:

@@ -29,6 +29,8 @@ class OperatorConfig:
     watch_namespaces: tuple[str, ...] = ()  # empty: every namespace
     bindings_configmap: str = "gitlab-sts-bindings"
     keys_secret: str = "gitlab-sts-keys"  # noqa: S105 - a Secret name, not a secret
+    # Publishing status (publish.json), for `kubectl get configmap gitlab-sts-status -o yaml`.
+    status_configmap: str = "gitlab-sts-status"
     config_dir: Path = Path("/etc/gitlab-sts")
     # Coalesce bursts of binding changes into one ConfigMap write.
     debounce_seconds: float = 1.0
@@ -55,6 +57,7 @@ class OperatorConfig:
             watch_namespaces=watch,
             bindings_configmap=env.get("GITLAB_STS_BINDINGS_CONFIGMAP", "").strip() or default.bindings_configmap,
             keys_secret=env.get("GITLAB_STS_KEYS_SECRET", "").strip() or default.keys_secret,
+            status_configmap=env.get("GITLAB_STS_STATUS_CONFIGMAP", "").strip() or default.status_configmap,
             config_dir=Path(env.get("GITLAB_STS_CONFIG_DIR", "").strip() or default.config_dir),
             debounce_seconds=_float(env, "GITLAB_STS_OPERATOR_DEBOUNCE_SECONDS", default.debounce_seconds),
             resync_seconds=_float(env, "GITLAB_STS_OPERATOR_RESYNC_SECONDS", default.resync_seconds),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,12 @@ UNCHANGED = "unchanged"
 CORRUPTED = "corrupted"
 CONFLICT = "conflict"
 
+UNPUBLISHED = "unpublished"
+
 NewKey = Callable[..., ManagedKey]
+# Publishes the planned ring's JWKS and returns the plan to write (activations held back until published),
+# or None to write nothing (a brand-new key set whose JWKS could not be published).
+Gate = Callable[[KeyRing, Plan, datetime], Awaitable[Plan | None]]
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def secret_patch(resource_version: str, ring: KeyRing) -> dict[str, Any]:
 
 
 async def rotate_once(client: KubeClient, namespace: str, name: str, policy: RotationPolicy, now: datetime,
-                      new_key: NewKey = generate_key) -> Outcome:
+                      new_key: NewKey = generate_key, gate: Gate | None = None) -> Outcome:
     """One idempotent pass: create the Secret if missing, else apply the plan; never overwrite what cannot be read.
 
     A single write per pass, conditioned on the resourceVersion read, so a crash or a second operator
@@ -92,6 +97,11 @@ async def rotate_once(client: KubeClient, namespace: str, name: str, policy: Rot
     secret = await client.get_or_none(path)
     if secret is None:
         result = plan(KeyRing(), now, policy, new_key)
+        if gate is not None:
+            gated = await gate(KeyRing(), result, now)
+            if gated is None:
+                return Outcome(UNPUBLISHED, "the first key set is not created until its JWKS is published")
+            result = gated
         try:
             await client.create(path_for("v1", "secrets", namespace), secret_body(name, namespace, result.ring))
         except ApiError as exc:
@@ -104,6 +114,8 @@ async def rotate_once(client: KubeClient, namespace: str, name: str, policy: Rot
     except ConfigError as exc:
         return Outcome(CORRUPTED, f"Secret {namespace}/{name}: {exc}; not rotating until it is fixed or deleted")
     result = plan(ring, now, policy, new_key)
+    if gate is not None:
+        result = await gate(ring, result, now) or Plan(ring)
     if not result.changed:
         return Outcome(UNCHANGED, "", ring, result)
     version = str((secret.get("metadata") or {}).get("resourceVersion") or "")

@@ -30,6 +30,19 @@ KEY_ROTATIONS = Counter(_P + "key_checks_total", "Key set checks by outcome", ["
 LAST_KEY_CHECK = Gauge(_P + "last_key_check_timestamp_seconds", "When the key set was last checked",
                        registry=REGISTRY)
 
+PUBLISH_LAST_SUCCESS = Gauge(_P + "publish_last_success_timestamp_seconds",
+                             "When the issuer documents were last uploaded to S3 successfully", registry=REGISTRY)
+PUBLISH_LAST_VERIFIED = Gauge(_P + "publish_last_verified_timestamp_seconds",
+                              "When the JWKS read back from S3 last covered every key that must be published",
+                              registry=REGISTRY)
+PUBLISH_FAILURES = Counter(_P + "publish_failures_total", "Failed S3 uploads or read-backs", ["stage"],
+                           registry=REGISTRY)
+PUBLISH_MATCHES = Gauge(_P + "publish_jwks_matches", "1 when the JWKS in S3 holds every key that must be published",
+                        registry=REGISTRY)
+PUBLISH_HELD_BACK = Gauge(_P + "publish_keys_held_back",
+                          "Keys whose activation waits for their publication (lead time after the first upload)",
+                          registry=REGISTRY)
+
 
 def key_state(ring: KeyRing, kid: str, now: datetime) -> str:
     """signing (the key the service signs with now), pending, retired (published only) or expired."""

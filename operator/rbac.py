@@ -13,6 +13,7 @@ import yaml
 # Placeholders the chart replaces with the configured object names.
 BINDINGS_CONFIGMAP = "${bindingsConfigMap}"
 KEYS_SECRET = "${keysSecret}"  # noqa: S105 - a placeholder name
+STATUS_CONFIGMAP = "${statusConfigMap}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ RULES: tuple[Rule, ...] = (
     Rule("own", "", ("configmaps",), ("create",), why="create the bindings ConfigMap once"),
     Rule("own", "", ("configmaps",), ("get", "patch"), (BINDINGS_CONFIGMAP,),
          why="rewrite the bindings ConfigMap"),
+    Rule("own", "", ("configmaps",), ("get", "patch"), (STATUS_CONFIGMAP,),
+         why="the publishing status (publish.json) users read with kubectl"),
     Rule("own", "", ("secrets",), ("create",), why="create the keys Secret once"),
     Rule("own", "", ("secrets",), ("get", "patch"), (KEYS_SECRET,), why="rotate the signing keys"),
     Rule("own", "", ("events",), ("create",), why="the KeySetCorrupted Warning event on the keys Secret"),
@@ -62,7 +65,8 @@ def render(rules: tuple[Rule, ...] = RULES) -> str:
     }
     header = ("# Generated from gitlab_sts/operator/rbac.py (RULES); do not edit by hand.\n"
               "# Regenerate: python -m gitlab_sts.operator.rbac > charts/gitlab-sts/files/operator-rbac.yaml\n"
-              f"# The chart replaces {BINDINGS_CONFIGMAP} and {KEYS_SECRET} with the configured names.\n")
+              f"# The chart replaces {BINDINGS_CONFIGMAP}, {KEYS_SECRET} and {STATUS_CONFIGMAP} with the configured"
+              " names.\n")
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 

@@ -21,6 +21,7 @@ from gitlab_sts.operator.evaluation import Context
 from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, NewKey, Outcome, policy_for, rotate_once
 from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
 from gitlab_sts.operator.memo import BindingMemo
+from gitlab_sts.operator.publish import Publisher, publisher_for
 from gitlab_sts.operator.reconcile import COMPONENT, Clock, Reconciler, utc_now
 
 log = logging.getLogger("gitlab_sts.operator")
@@ -42,12 +43,15 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     last_keys: Outcome | None = None
     _corruption_reported: str | None = None
+    publisher: Publisher | None = None  # S3 publishing and the status ConfigMap
 
     async def check_keys(self) -> Outcome:
         """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
         now = self.clock()
         outcome = await rotate_once(self.client, self.cfg.namespace, self.cfg.keys_secret, self.policy, now,
-                                    self.new_key)
+                                    self.new_key, gate=self.publisher.gate if self.publisher else None)
+        if self.publisher is not None and outcome.result not in (CORRUPTED, CONFLICT):
+            await self.publisher.write_status(outcome.ring, now)
         metrics.KEY_ROTATIONS.labels(result=outcome.result).inc()
         metrics.LAST_KEY_CHECK.set(now.timestamp())
         if outcome.result == CORRUPTED:
@@ -88,6 +92,8 @@ class Runtime:
             try:
                 if (await self.check_keys()).result == CONFLICT:
                     delay = 1.0  # another writer raced us: re-read soon
+                if self.publisher is not None and self.publisher.failures:
+                    delay = self.publisher.backoff(delay)  # retry a failed upload sooner, backing off
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
                 log.error("key set check failed: %s", exc)
                 delay = min(delay, 30.0)
@@ -122,6 +128,7 @@ class Runtime:
             "bindings": len(self.memo), "configDigest": self.writer.written_digest,
             "configError": self.writer.last_error,
             "keys": self.last_keys.result if self.last_keys else None,
+            "publishError": self.publisher.last_error if self.publisher else None,
         }
 
     async def stop(self) -> None:
@@ -143,4 +150,6 @@ def build_runtime(cfg: OperatorConfig, settings: Settings, endpoint: Endpoint, *
     memo = BindingMemo(Context.from_settings(settings))
     writer = ConfigWriter(client, memo, cfg.namespace, cfg.bindings_configmap, cfg.debounce_seconds)
     reconciler = Reconciler(client, memo, writer, cfg.watch_namespaces, clock)
-    return Runtime(cfg, settings, client, memo, writer, reconciler, policy_for(settings), clock, new_key)
+    policy = policy_for(settings)
+    publisher = publisher_for(settings, policy, client, cfg.namespace, cfg.status_configmap)
+    return Runtime(cfg, settings, client, memo, writer, reconciler, policy, clock, new_key, publisher=publisher)
