@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException
 from gitlab_sts.core.errors import ExchangeError, InvalidRequest, TemporarilyUnavailable
 from gitlab_sts.core.exchange import ISSUED_TOKEN_TYPE, ExchangeRequest, decide, explain, parse_form
 from gitlab_sts.core.mint import MintedToken, mint
-from gitlab_sts.core.settings import JwksSettings, StsSettings
+from gitlab_sts.core.publishing import discovery_document
+from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.core.trustpolicy import trust_policy
 from gitlab_sts.core.verify import VerifiedToken, verify_gitlab_token
 from gitlab_sts.service import metrics
@@ -84,7 +85,29 @@ class Service:
             "issuer": snap.settings.issuer if snap.settings else None,
             "gitlab": self.jwks.status(),
         }
+        if snap.settings is not None:
+            s = snap.settings
+            # The issuer URL AWS reads: the service's own routes (Ingress) and/or the operator's S3 copy.
+            detail["publishing"] = {"issuer": s.issuer, "jwks_uri": s.jwks_uri, "via": list(s.publish.via)}
+            warnings = pinned_warnings(s, self.now())
+            if warnings:
+                detail["warnings"] = warnings  # a stale pinned key set still verifies: warn, stay ready
         return not problems, detail
+
+
+def pinned_warnings(settings: Settings, now: datetime) -> list[str]:
+    """Warnings for pinned GitLab key sets older than pinnedMaxAgeDays; also sets the age metric."""
+    out = []
+    for inst in settings.gitlab:
+        if inst.jwks is None or inst.pinned_at is None:
+            continue
+        age = now - inst.pinned_at
+        metrics.PINNED_JWKS_AGE.labels(issuer=inst.issuer).set(age.total_seconds())
+        if age.days >= inst.pinned_max_age_days:
+            out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt), more than "
+                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: if GitLab rotated its CI signing key, its "
+                       "tokens fail with unknown_kid; copy the key set again and update pinnedAt")
+    return out
 
 
 def _service() -> Service:
@@ -271,13 +294,8 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
         if snap.settings is None:
             raise TemporarilyUnavailable("settings are not loaded", reason="not_ready")
         s = snap.settings
-        response = jsonify({
-            "issuer": s.issuer, "jwks_uri": s.jwks_uri, "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": sorted({"RS256", s.tokens.algorithm}),
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti",
-                                 "https://aws.amazon.com/tags", "https://aws.amazon.com/source_identity"],
-        })
+        # The same document the operator uploads to S3 (core.publishing).
+        response = jsonify(discovery_document(s.issuer, s.tokens.algorithm))
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 
@@ -311,6 +329,8 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
         if key is not None:
             metrics.KEY_AGE.set((now - key.activate_at).total_seconds())
             metrics.KEY_REMAINING.set((key.retire_at - now).total_seconds())
+        if snap.settings is not None:
+            pinned_warnings(snap.settings, now)
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 

@@ -42,6 +42,10 @@ KEY_REMAINING = Gauge(
     "gitlab_sts_signing_key_remaining_seconds", "Seconds until the current signing key retires.",
     multiprocess_mode="livemin",
 )
+PINNED_JWKS_AGE = Gauge(
+    "gitlab_sts_pinned_jwks_age_seconds", "Seconds since a pinned GitLab key set was copied (settings pinnedAt).",
+    ["issuer"], multiprocess_mode="livemax",
+)
 STS_CALLS = Counter(
     "gitlab_sts_sts_calls_total", "AssumeRoleWithWebIdentity calls by result code.", ["result"],
 )
