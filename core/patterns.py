@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 
+# Thousands of bindings share a few patterns (main, release/*); compiled patterns are immutable.
+@functools.lru_cache(maxsize=4096)
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Compile a glob: `*` matches within one path segment, `**` across `/`, `?` one character.
 

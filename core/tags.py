@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -17,6 +18,7 @@ def _allowed(c: str) -> bool:
     return c in _EXTRA or unicodedata.category(c)[0] in ("L", "Z", "N")
 
 
+@functools.lru_cache(maxsize=4096)  # thousands of bindings name the same few tag keys
 def key_problem(key: str) -> str | None:
     """Say why a string cannot be a session tag key, or None if it can."""
     if not 1 <= len(key) <= MAX_KEY:
@@ -28,8 +30,14 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+# The ASCII characters _allowed accepts: lets the common all-ASCII value skip the per-character loop.
+_ASCII_ALLOWED = re.compile(r"[A-Za-z0-9 _.:/=+\-@]*")
+
+
 def sanitise_value(value: str) -> str:
     """Replace characters AWS refuses in a tag value with '_' and cut it to 256 characters."""
+    if _ASCII_ALLOWED.fullmatch(value):
+        return value[:MAX_VALUE]
     return "".join(c if _allowed(c) else "_" for c in value)[:MAX_VALUE]
 
 
