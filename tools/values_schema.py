@@ -126,11 +126,63 @@ def generate(values_path: Path = CHART / "values.yaml") -> str:
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 
+def documented() -> list[tuple[str, str]]:
+    """(dotted path, description) of every value with a `# --` comment, in file order."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    out = []
+    for i, line in enumerate(lines):
+        match = KEY_LINE.match(line)
+        if match is None:
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        block = []
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#"):
+            block.insert(0, lines[j].strip())
+            j -= 1
+        starts = [n for n, text in enumerate(block) if text.startswith("# --")]
+        if not starts:
+            continue
+        text = [t.removeprefix("# --").removeprefix("#").strip() for t in block[starts[-1]:]
+                if not t.startswith("# @schema")]
+        out.append((".".join(k for _, k in stack), " ".join(t for t in text if t)))
+    return out
+
+
+def documented_paths() -> list[str]:
+    """The dotted paths of every documented value."""
+    return [path for path, _ in documented()]
+
+
+def readme_table() -> str:
+    """The values table of charts/gitlab-sts/README.md."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = ["| value | default | description |", "|---|---|---|"]
+    for path, text in documented():
+        node: Any = values
+        for part in path.split("."):
+            node = node[part]
+        default = json.dumps(node, separators=(", ", ": ")) if not isinstance(node, str) else json.dumps(node)
+        if len(default) > 60:
+            default = "see values.yaml"
+        cell = text.replace("|", "\\|")
+        rows.append(f"| `{path}` | `{default}` | {cell} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the schema, or with --check report whether the checked-in one is current."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument("--readme-table", action="store_true", help="print the README's values table")
     args = parser.parse_args(argv)
+    if args.readme_table:
+        print(readme_table(), end="")
+        return 0
     target = CHART / "values.schema.json"
     fresh = generate()
     if args.check:

@@ -79,6 +79,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- .Values.names.keysSecret | default (include "gitlab-sts.suffixed" (list . "keys")) -}}
 {{- end -}}
 
+{{- define "gitlab-sts.statusConfigMap" -}}
+{{- .Values.names.statusConfigMap | default (include "gitlab-sts.suffixed" (list . "status")) -}}
+{{- end -}}
+
 {{- define "gitlab-sts.tlsSecret" -}}
 {{- .Values.tls.secretName | default (include "gitlab-sts.suffixed" (list . "tls")) -}}
 {{- end -}}
