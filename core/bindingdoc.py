@@ -80,6 +80,8 @@ class LoadedBindings:
     digest: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The document exactly as read (empty for manifests): saving it avoids re-rendering 10,000 bindings.
+    raw: bytes = field(default=b"", repr=False)
 
 
 def normalised_spec(binding: CompiledBinding) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def _parse_document(raw: bytes, source: str) -> LoadedBindings:
     if doc.get("sha256") != digest:
         raise ConfigError(f"{source}: content hash does not match (truncated or edited by hand?)")
     good, bad = _compile_entries(entries, source)
-    return LoadedBindings(tuple(good), tuple(bad), digest, source)
+    return LoadedBindings(tuple(good), tuple(bad), digest, source, raw=raw)
 
 
 def _compile_entries(entries: list[Any], source: str) -> tuple[list[CompiledBinding], list[Rejected]]:

@@ -170,7 +170,8 @@ class ConfigState:
     def _load_bindings(self) -> None:
         loaded = load_bindings_dir(self.paths.bindings)
         self._adopt_bindings(loaded)
-        self._last_good.save(DOC_FILE, render_document(loaded.bindings)[0])
+        # The operator's document is saved as read; a manifests folder is rendered into one.
+        self._last_good.save(DOC_FILE, loaded.raw or render_document(loaded.bindings)[0])
 
     def _fallback_bindings(self) -> None:
         raw = self._last_good.load(DOC_FILE)
