@@ -46,7 +46,7 @@ class Layer:
 
 
 def _pip(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-P", "-m", "pip", *args], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise ToolError(f"pip {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
@@ -112,8 +112,8 @@ def checkov() -> Path:
     if not done.exists():
         shutil.rmtree(venv, ignore_errors=True)
         TOOLS.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-        proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", CHECKOV],
+        subprocess.run([sys.executable, "-P", "-m", "venv", str(venv)], check=True, timeout=120)
+        proc = subprocess.run([str(venv / "bin" / "python"), "-P", "-m", "pip", "install", "--quiet", CHECKOV],
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             raise ToolError(f"pip install {CHECKOV} failed:\n{proc.stderr[-4000:]}")
