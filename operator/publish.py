@@ -185,6 +185,8 @@ class Publisher:
         stage = "read"
         try:
             raw, doc = await self._read_jwks(store, target)
+            # A kid missing from the bucket loses its history now, even if the upload below restores it.
+            self.since = track_published(self.since, coverage(doc, ring, now).published, now)
             current_discovery = await asyncio.to_thread(store.get, target.key(DISCOVERY))
             if raw != wanted[JWKS] or current_discovery != wanted[DISCOVERY]:
                 stage = "upload"
