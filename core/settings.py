@@ -104,6 +104,10 @@ class TokenSettings(_Model):
     algorithm: Literal["RS256", "ES256"] = "RS256"
     leeway: int = Field(30, ge=0, le=300)
     max_token_bytes: int = Field(16384, ge=1024, le=65536)
+    # Refuse GitLab tokens issued longer ago than this (None: only exp limits them).
+    max_source_age_seconds: int | None = Field(None, ge=1, le=86400)
+    # Accept each GitLab token (iss + jti) once per service process; see core.replay.
+    replay_protection: bool = False
 
     @model_validator(mode="after")
     def _caps(self) -> TokenSettings:

@@ -124,6 +124,12 @@ def verify_gitlab_token(
         # "must be an integer"; _check_times then relies on them being integers.
         check_types(claims)
     _check_times(claims, now=now, leeway=limits.leeway)
+    max_age = limits.max_source_age_seconds
+    if max_age is not None and now - claims["iat"] > max_age + limits.leeway:
+        raise InvalidRequest(
+            f"token was issued more than {max_age} s ago (tokens.maxSourceAgeSeconds); request a fresh one",
+            reason="too_old",
+        )
     return VerifiedToken(instance=instance, claims=claims, kid=kid, legacy=legacy)
 
 

@@ -15,6 +15,7 @@ from gitlab_sts.core.errors import ExchangeError, InvalidRequest, TemporarilyUna
 from gitlab_sts.core.exchange import ISSUED_TOKEN_TYPE, ExchangeRequest, decide, explain, parse_form
 from gitlab_sts.core.mint import MintedToken, mint
 from gitlab_sts.core.publishing import discovery_document
+from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore, check_first_use
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.core.trustpolicy import trust_policy
 from gitlab_sts.core.verify import VerifiedToken, verify_gitlab_token
@@ -41,6 +42,8 @@ class Service:
         self.jwks = JwksCache(snapshot.settings.jwks if snapshot.settings else JwksSettings())
         self.development_keys = paths.development_keys
         self._sts: tuple[StsSettings, StsClient] | None = None
+        # Used when settings turn on tokens.replayProtection (per process; see core.replay).
+        self.replay: ReplayStore = MemoryReplayStore()
 
     def sts(self, settings: StsSettings) -> StsClient:
         """The STS client for the current settings (rebuilt only when they change)."""
@@ -156,6 +159,9 @@ def exchange_token(svc: Service, endpoint: str) -> tuple[ExchangeRequest, Verifi
     if key is None:
         raise TemporarilyUnavailable("no signing key is active; the operator must rotate keys",
                                      reason="no_signing_key")
+    if snap.settings.tokens.replay_protection:
+        # Last check before signing, so a refused request (wrong resource, no key) does not use the token up.
+        check_first_use(svc.replay, verified, now=svc.clock(), leeway=snap.settings.tokens.leeway)
     minted = mint(decision.grant, issuer=snap.settings.issuer, source_exp=int(verified.claims["exp"]),
                   key=key, now=now, outlive_source=decision.binding.spec.aws.outlive_source_token)
     return form_request, verified, minted, decision
