@@ -28,7 +28,7 @@ CHART = ROOT / "charts" / "gitlab-sts"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):(\s|$)")
 
 
-def annotations(values_text: str) -> dict[tuple[str, ...], dict[str, Any]]:
+def schema_annotations(values_text: str) -> dict[tuple[str, ...], dict[str, Any]]:
     """The `@schema` / `@schema-from` annotations by key path (block-style mappings only)."""
     found: dict[tuple[str, ...], dict[str, Any]] = {}
     stack: list[tuple[int, str]] = []
@@ -119,7 +119,7 @@ def infer(value: Any, path: tuple[str, ...], notes: dict[tuple[str, ...], dict[s
 def generate(values_path: Path = CHART / "values.yaml") -> str:
     """The schema document, as the checked-in file holds it."""
     text = values_path.read_text()
-    schema = infer(yaml.safe_load(text), (), annotations(text))
+    schema = infer(yaml.safe_load(text), (), schema_annotations(text))
     # Helm passes `global` to every chart, also when this one is a subchart.
     schema["properties"]["global"] = {"type": "object"}
     doc = {"$schema": "http://json-schema.org/draft-07/schema#", "title": "gitlab-sts chart values", **schema}
@@ -139,7 +139,7 @@ def documented() -> list[tuple[str, str]]:
         while stack and stack[-1][0] >= indent:
             stack.pop()
         stack.append((indent, match["key"]))
-        block = []
+        block: list[str] = []
         j = i - 1
         while j >= 0 and lines[j].strip().startswith("#"):
             block.insert(0, lines[j].strip())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -249,7 +250,6 @@ def test_exchange_environment_matches_what_the_service_reads(helm3: Helm) -> Non
     c = pod["containers"][0]
     env = env_of(c)
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    import os
     saved = dict(os.environ)
     try:
         os.environ.update(env)
@@ -311,8 +311,8 @@ def test_exchange_scaling_and_spread(helm3: Helm) -> None:
     hpa = find(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "gitlab-sts"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
-    custom = helm3.template(MINIMAL, sets={"exchange.topologySpreadConstraints":
-                                           '[{"maxSkew": 2, "topologyKey": "x", "whenUnsatisfiable": "DoNotSchedule"}]'})
+    spread_json = '[{"maxSkew": 2, "topologyKey": "x", "whenUnsatisfiable": "DoNotSchedule"}]'
+    custom = helm3.template(MINIMAL, sets={"exchange.topologySpreadConstraints": spread_json})
     (only,) = find(custom, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert only["maxSkew"] == 2 and only["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "exchange"
 

@@ -266,6 +266,16 @@ def test_service_entrypoint_serves_https_from_the_chart_layout(venv: Path, tmp_p
     status, body = _get(base + "/metrics", ctx)
     assert status == 200
     assert b"gitlab_sts_" in body
+    # A renewed certificate (the Secret's files replaced) is served to new connections without a restart.
+    before = ssl.get_server_certificate(("127.0.0.1", port))
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    new_crt, new_key = _self_signed(renewed)
+    os.replace(new_key, key)
+    os.replace(new_crt, crt)
+    after = ssl.get_server_certificate(("127.0.0.1", port))
+    assert after != before
+    assert after.strip() == crt.read_text().strip()
     # Plain HTTP is refused on the TLS port.
     with pytest.raises((OSError, urllib.error.URLError)):
         _get(f"http://127.0.0.1:{port}/healthz")
