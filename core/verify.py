@@ -18,6 +18,8 @@ from gitlab_sts.core.settings import GitLabInstance, Settings
 # Header members that point at key material or change processing; a GitLab token never has them.
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64", "zip", "enc")
 _KTY_FOR_ALG = {"RS": "RSA", "ES": "EC"}
+# Largest accepted exp/iat/nbf (2^53, JSON's safe integer range; about 285 million years).
+MAX_NUMERIC_DATE = 2**53
 _LEGACY_SUB = re.compile(r"job_[0-9]+")
 
 
@@ -163,6 +165,10 @@ def _check_times(claims: dict[str, Any], *, now: float, leeway: int) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRequest(f"token claim {name!r} must be an integer", reason="claim_type")
+        # A NumericDate outside 1970..2^53 s is no real time: a negative iat or a 400-digit exp would
+        # otherwise pass the comparisons below (the latter as a token that never expires).
+        if not 0 < value < MAX_NUMERIC_DATE:
+            raise InvalidRequest(f"token claim {name!r} is not a plausible time", reason="claim_type")
     exp, iat = claims["exp"], claims["iat"]
     if now >= exp + leeway:
         raise InvalidRequest("token has expired", reason="expired")

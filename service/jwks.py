@@ -71,7 +71,9 @@ class JwksCache:
         """Per issuer: whether keys are held, their age and the last error (for /readyz)."""
         now = self._clock()
         return {
-            issuer: {"cached": e.keys is not None, "age_seconds": round(now - e.fetched_at) if e.keys else None,
+            # Pinned key sets (settings gitlab[].jwks) have fetched_at = inf: no age to round.
+            issuer: {"cached": e.keys is not None,
+                     "age_seconds": round(now - e.fetched_at) if e.keys and e.fetched_at != float("inf") else None,
                      "fresh": now < e.fresh_until, "last_error": e.last_error}
             for issuer, e in self._entries.items()
         }
