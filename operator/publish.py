@@ -184,10 +184,16 @@ class Publisher:
         wanted = documents(self.settings.issuer, self.settings.tokens.algorithm, ring, now)
         stage = "read"
         try:
-            raw, doc = await self._read_jwks(store, target)
-            # A kid missing from the bucket loses its history now, even if the upload below restores it.
-            self.since = track_published(self.since, coverage(doc, ring, now).published, now)
-            current_discovery = await asyncio.to_thread(store.get, target.key(DISCOVERY))
+            try:
+                raw, doc = await self._read_jwks(store, target)
+                # A kid missing from the bucket loses its history now, even if the upload below restores it.
+                self.since = track_published(self.since, coverage(doc, ring, now).published, now)
+                current_discovery = await asyncio.to_thread(store.get, target.key(DISCOVERY))
+            except PublishError as exc:
+                # Without s3:ListBucket a missing object reads as 403, not 404: upload anyway, and let the
+                # read-back after the upload decide.
+                log.warning("read-back before upload failed, uploading anyway: %s", exc)
+                raw = current_discovery = None
             if raw != wanted[JWKS] or current_discovery != wanted[DISCOVERY]:
                 stage = "upload"
                 # JWKS first: the discovery document must never point at keys that are not there yet.

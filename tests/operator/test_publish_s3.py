@@ -231,7 +231,7 @@ async def test_outage_holds_activation_back_and_shows_in_status_and_metrics(k8s:
         await rt.check_keys()  # A signs, B published ahead
         clock.now = T0 + timedelta(days=7, minutes=1)
         store.down = True
-        failures_before = metric("publish_failures_total", stage="read") or 0.0
+        failures_before = metric("publish_failures_total", stage="upload") or 0.0
         await rt.check_keys()  # B signs now; C is created but cannot be published
         ring = await ring_of(rt)
         b = ring.signing_key(clock.now)
@@ -239,11 +239,11 @@ async def test_outage_holds_activation_back_and_shows_in_status_and_metrics(k8s:
         (c,) = [k for k in ring.keys if k.activate_at > clock.now]
         assert c.kid not in published_kids(s3_endpoint)
         status = await status_of(rt)
-        assert status["s3"]["lastError"].startswith("read-back of gitlab-sts/.well-known/jwks.json failed")
+        assert status["s3"]["lastError"].startswith("upload of gitlab-sts/.well-known/jwks.json failed")
         assert status["s3"]["consecutiveFailures"] == 1
         assert c.kid in status["s3"]["awaitingPublication"]
         assert status["s3"]["jwks"]["missingKids"] == [c.kid] and status["s3"]["jwks"]["matches"] is False
-        assert metric("publish_failures_total", stage="read") == failures_before + 1
+        assert metric("publish_failures_total", stage="upload") == failures_before + 1
         assert metric("publish_jwks_matches") == 0 and metric("publish_keys_held_back") == 1
         assert rt.publisher is not None and rt.publisher.backoff(300) == 5.0
 
@@ -343,5 +343,29 @@ async def test_ingress_only_status_names_the_live_issuer(k8s: Any) -> None:
         status = await status_of(rt)
         assert status["issuer"] == "https://sts.example.com" and status["via"] == ["ingress"]
         assert "s3" not in status and "doctor" in status["ingress"]["check"]
+    finally:
+        await rt.client.close()
+
+
+class DeniedReadsOfMissingObjects(FlakyStore):
+    """S3 without s3:ListBucket: reading a missing object is 403 AccessDenied, not 404."""
+
+    def get(self, key: str) -> bytes | None:
+        got = super().get(key)
+        if got is None:
+            raise PublishError(f"read-back of {key} failed: AccessDenied: Access Denied")
+        return got
+
+
+@pytest.mark.asyncio
+async def test_first_upload_works_when_missing_objects_read_as_access_denied(k8s: Any, s3_endpoint: str) -> None:
+    await clear_bucket(s3_endpoint)
+    clock = Clock()
+    rt, store = make_runtime(k8s, s3_endpoint, clock)
+    assert rt.publisher is not None
+    rt.publisher.store = DeniedReadsOfMissingObjects(store.target)
+    try:
+        assert (await rt.check_keys()).result == CREATED
+        assert (await status_of(rt))["s3"]["jwks"]["matches"] is True
     finally:
         await rt.client.close()
