@@ -107,7 +107,9 @@ class JwksCache:
         entry = self._entry(instance)
         with entry.lock:
             if self._clock() - entry.last_attempt < self.settings.refetch_interval_seconds:
-                return None
+                # Rate-limited, but another request may have refetched while this one waited for the lock
+                # (a GitLab key rotation seen by many requests at once): let the caller look again.
+                return entry.keys
             self._fetch(instance, entry)
             return entry.keys
 
