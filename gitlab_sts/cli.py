@@ -17,6 +17,7 @@ from gitlab_sts import __version__
 _PLUGINS = (
     ("gitlab_sts.login", "add_login_parser"),
     ("gitlab_sts.testing.sts", "add_sts_parser"),
+    ("gitlab_sts.doctor", "add_doctor_parser"),
 )
 
 
