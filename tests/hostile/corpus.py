@@ -135,7 +135,8 @@ def build(g: FakeGitLab) -> dict[str, str]:
         "two-segments": lambda: ".".join(_signed(g).split(".")[:2]),
         "whitespace-inside": lambda: _signed(g).replace(".", " .", 1),
         "empty-signature": lambda: _signed(g).rsplit(".", 1)[0] + ".",
-        "signature-of-another-token": lambda: _signed(g).rsplit(".", 1)[0] + "." + _signed(g, job_id="9").rsplit(".", 1)[1],
+        "signature-of-another-token": lambda: (_signed(g).rsplit(".", 1)[0] + "."
+                                               + _signed(g, job_id="9").rsplit(".", 1)[1]),
         # JSON oddities
         "json-nan-exp": lambda: _raw(g, json.dumps(ok).replace(f'"exp": {ok["exp"]}', '"exp": NaN')),
         "json-infinity-exp": lambda: _raw(g, json.dumps(ok).replace(f'"exp": {ok["exp"]}', '"exp": Infinity')),
