@@ -80,8 +80,10 @@ def test_install_upgrade_dry_run_and_uninstall(layer: tools.Layer, namespaces: t
     # Every rendered object passes the API server's own validation and admission (server-side dry run).
     rendered = run([helm, "template", release, str(tools.CHART), "-n", ns, "--include-crds", *values]).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
-    for doc in docs:
-        run([kubectl, "apply", "--dry-run=server", "-n", ns, "-f", "-"], stdin=json.dumps(doc))
+    assert all(d["metadata"].get("namespace") for d in docs
+               if d["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"))
+    for doc in docs:  # each object names its own namespace (the watched RoleBinding is not in ns)
+        run([kubectl, "apply", "--dry-run=server", "-f", "-"], stdin=json.dumps(doc))
 
     run([helm, "install", release, str(tools.CHART), "-n", ns, *values])
     crd = json.loads(run([kubectl, "get", "crd", CRD_NAME, "-o", "json"]).stdout)
