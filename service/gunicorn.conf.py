@@ -18,7 +18,8 @@ wsgi_app = "gitlab_sts.service.app:create_app()"
 bind = [os.environ.get("GITLAB_STS_BIND", "0.0.0.0:8080")]
 workers = int(os.environ.get("GITLAB_STS_WORKERS", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GITLAB_STS_THREADS", "4"))
+# Signing is CPU-bound under the GIL: two threads per worker measured best (bench/README.md).
+threads = int(os.environ.get("GITLAB_STS_THREADS", "2"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
