@@ -61,6 +61,9 @@ class GitLabInstance(_Model):
     # When the pinned jwks was copied; /readyz and a metric warn once it is older than pinnedMaxAgeDays.
     pinned_at: datetime | None = None
     pinned_max_age_days: int = Field(90, ge=1, le=3650)
+    # An internal URL the operator refreshes the pinned jwks from (with caBundle); the service then uses the
+    # operator's copy whenever it was fetched after pinnedAt (see core.pinnedjwks and docs/private-gitlab.md).
+    pinned_jwks_source: str | None = None
 
     @field_validator("algorithms")
     @classmethod
@@ -82,6 +85,11 @@ class GitLabInstance(_Model):
                 raise ValueError("pinnedAt needs a pinned jwks")
             if self.pinned_at.tzinfo is None:
                 raise ValueError("pinnedAt must carry a time zone (e.g. 2025-01-31T00:00:00Z)")
+        if self.pinned_jwks_source is not None:
+            if self.jwks is None:
+                raise ValueError("pinnedJwksSource refreshes a pinned key set: it needs jwks (the copy used until "
+                                 "the operator's first fetch)")
+            check_url(self.pinned_jwks_source, allow_http=self.allow_insecure_http, what="pinnedJwksSource")
         return self
 
     @property
