@@ -92,21 +92,36 @@ class Service:
             s = snap.settings
             # The issuer URL AWS reads: the service's own routes (Ingress) and/or the operator's S3 copy.
             detail["publishing"] = {"issuer": s.issuer, "jwks_uri": s.jwks_uri, "via": list(s.publish.via)}
-            warnings = pinned_warnings(s, self.now())
+            warnings = pinned_warnings(s, self.now(), snap.pinned_from_operator)
             if warnings:
                 detail["warnings"] = warnings  # a stale pinned key set still verifies: warn, stay ready
         return not problems, detail
 
 
-def pinned_warnings(settings: Settings, now: datetime) -> list[str]:
-    """Warnings for pinned GitLab key sets older than pinnedMaxAgeDays; also sets the age metric."""
+def pinned_warnings(settings: Settings, now: datetime, from_operator: frozenset[str] = frozenset()) -> list[str]:
+    """Warnings for pinned GitLab key sets older than pinnedMaxAgeDays; also sets the age metric.
+
+    settings are the effective ones (Snapshot.settings): for the issuers in from_operator, jwks and pinnedAt
+    are the operator's refreshed copy and its fetchedAt, so the age is that copy's.
+    """
     out = []
     for inst in settings.gitlab:
         if inst.jwks is None or inst.pinned_at is None:
             continue
         age = now - inst.pinned_at
         metrics.PINNED_JWKS_AGE.labels(issuer=inst.issuer).set(age.total_seconds())
-        if age.days >= inst.pinned_max_age_days:
+        if age.days < inst.pinned_max_age_days:
+            continue
+        if inst.issuer in from_operator:
+            out.append(f"the pinned JWKS of {inst.issuer} was last fetched by the operator from "
+                       f"{inst.pinned_jwks_source} {age.days} days ago (fetchedAt), more than "
+                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: the refresh is failing; see the operator's "
+                       "log and the pinned-jwks.json entry of its status ConfigMap")
+        elif inst.pinned_jwks_source is not None:
+            out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt) and the "
+                       f"operator has not fetched a newer copy from {inst.pinned_jwks_source}, more than "
+                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: see the operator's log and status ConfigMap")
+        else:
             out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt), more than "
                        f"pinnedMaxAgeDays={inst.pinned_max_age_days}: if GitLab rotated its CI signing key, its "
                        "tokens fail with unknown_kid; copy the key set again and update pinnedAt")
@@ -336,7 +351,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
             metrics.KEY_AGE.set((now - key.activate_at).total_seconds())
             metrics.KEY_REMAINING.set((key.retire_at - now).total_seconds())
         if snap.settings is not None:
-            pinned_warnings(snap.settings, now)
+            pinned_warnings(snap.settings, now, snap.pinned_from_operator)
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 

@@ -36,6 +36,7 @@ class _Entry:
     fresh_until: float = 0.0
     last_attempt: float = float("-inf")
     last_error: str | None = None
+    pinned: dict[str, Any] | None = None  # the pinned document `keys` was imported from
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -122,9 +123,13 @@ class JwksCache:
 
     def _pinned(self, instance: GitLabInstance) -> KeySet:
         entry = self._entry(instance)
-        if entry.keys is None:
-            entry.keys = KeySet.import_key_set(instance.jwks)  # type: ignore[arg-type]
-            entry.fetched_at = entry.fresh_until = float("inf")
+        # The pinned document changes with a settings reload or a refreshed copy from the operator
+        # (core.pinnedjwks): re-import then. The identity test keeps the usual case to one comparison.
+        if entry.keys is None or entry.pinned is not instance.jwks:
+            if entry.keys is None or entry.pinned != instance.jwks:
+                keys = KeySet.import_key_set(instance.jwks)  # type: ignore[arg-type]
+                entry.keys, entry.fetched_at, entry.fresh_until = keys, float("inf"), float("inf")
+            entry.pinned = instance.jwks
         return entry.keys
 
     def _fetch(self, instance: GitLabInstance, entry: _Entry) -> None:

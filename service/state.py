@@ -1,4 +1,4 @@
-"""Hot-reloaded configuration: the last good settings, bindings and keys, swapped atomically."""
+"""Hot-reloaded configuration: the last good settings, bindings, keys and pinned key sets, swapped atomically."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from gitlab_sts.core.bindingdoc import (
 from gitlab_sts.core.bindings import BindingIndex
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, parse_keyring
+from gitlab_sts.core.pinnedjwks import PinnedCopy, apply_copies, file_name, parse_copy
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.service import metrics
 from gitlab_sts.service.paths import ConfigPaths
@@ -42,6 +43,8 @@ class Snapshot:
     keys: KeyRing | None
     errors: dict[str, str] = field(default_factory=dict)
     bindings_digest: str = ""
+    # Issuers whose pinned key set in `settings` is the operator's refreshed copy (core.pinnedjwks).
+    pinned_from_operator: frozenset[str] = frozenset()
 
 
 def _fingerprint(path: Path) -> tuple[object, ...]:
@@ -66,7 +69,7 @@ def _fingerprint(path: Path) -> tuple[object, ...]:
 
 
 class ConfigState:
-    """Loads the three inputs and reloads whichever changed, keeping the last good version."""
+    """Loads the inputs and reloads whichever changed, keeping the last good version."""
 
     def __init__(self, paths: ConfigPaths) -> None:
         self.paths = paths
@@ -77,6 +80,9 @@ class ConfigState:
         self._index: BindingIndex | None = None
         self._keys: KeyRing | None = None
         self._rejected: tuple[Rejected, ...] = ()
+        # Pinned key set copies by file name, and settings with the newer ones applied.
+        self._pinned: dict[str, PinnedCopy] = {}
+        self._effective: tuple[Settings | None, frozenset[str]] = (None, frozenset())
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._last_good = LastGood.for_paths(paths)
@@ -151,8 +157,14 @@ class ConfigState:
             self._attempt("bindings", self._load_bindings, self._fallback_bindings)
         if self._changed("keys", self.paths.keys, force):
             self._attempt("keys", self._load_keys, self._fallback_keys)
+        pinned_changed = self.paths.pinned is not None and self._changed("pinned", self.paths.pinned, force)
+        if pinned_changed:
+            self._load_pinned()
+        if settings_changed or pinned_changed:
+            copies = {c.issuer: c for c in self._pinned.values()}
+            self._effective = apply_copies(self._settings, copies) if self._settings else (None, frozenset())
         self.snapshot = Snapshot(
-            settings=self._settings, index=self._index,
+            settings=self._effective[0], pinned_from_operator=self._effective[1], index=self._index,
             rejected=self._rejected, keys=self._keys,
             errors=dict(self._errors), bindings_digest=self._loaded.digest if self._loaded else "",
         )
@@ -204,6 +216,58 @@ class ConfigState:
         raw = self._last_good.load(KEYSET_FILE)
         if raw is not None:
             self._keys = parse_keyring(raw.decode(), source="last good keyset.json")
+
+
+    def _load_pinned(self) -> None:
+        """Read every copy in the pinned folder; a file that fails keeps its last good copy (memory, then disk)."""
+        assert self.paths.pinned is not None
+        directory = self.paths.pinned
+        try:
+            # ConfigMap volumes hold `..data` and timestamped folders next to the key symlinks: skip dot entries.
+            names = sorted(e.name for e in os.scandir(directory) if not e.name.startswith(".") and e.is_file())
+        except FileNotFoundError:
+            names = []  # no copies (yet): the settings copies apply
+        except OSError as exc:
+            self._pinned_failed(f"cannot read {directory}: {exc.strerror}")
+            return
+        loaded: dict[str, PinnedCopy] = {}
+        problems = []
+        for name in names:
+            try:
+                raw = (directory / name).read_bytes()
+                copy = parse_copy(raw.decode(errors="replace"), source=f"pinned/{name}")
+                if name != file_name(copy.issuer):
+                    raise ConfigError(f"pinned/{name}: holds the key set of {copy.issuer}, whose file is "
+                                      f"{file_name(copy.issuer)}")
+            except (ConfigError, OSError) as exc:
+                problems.append(str(exc) if isinstance(exc, ConfigError) else f"pinned/{name}: cannot read")
+                previous = self._pinned.get(name) or self._last_good_pinned(name)
+                if previous is not None:
+                    loaded[name] = previous
+                continue
+            loaded[name] = copy
+            self._last_good.save("pinned-" + name, raw)
+        self._pinned = loaded
+        if problems:
+            self._pinned_failed("; ".join(problems))
+        else:
+            self._errors.pop("pinned", None)
+            metrics.CONFIG_RELOADS.labels(file="pinned", result="ok").inc()
+            metrics.CONFIG_OK.labels(file="pinned").set(1)
+
+    def _pinned_failed(self, message: str) -> None:
+        self._errors["pinned"] = message
+        metrics.CONFIG_RELOADS.labels(file="pinned", result="error").inc()
+        metrics.CONFIG_OK.labels(file="pinned").set(0)
+        log.error("pinned key set reload failed, keeping the last good copies",
+                  extra={"event": "config_reload", "file": "pinned", "error": message})
+
+    def _last_good_pinned(self, name: str) -> PinnedCopy | None:
+        raw = self._last_good.load("pinned-" + name)
+        try:
+            return parse_copy(raw.decode(), source=f"last good pinned/{name}") if raw is not None else None
+        except (ConfigError, ValueError):
+            return None
 
 
 class LastGood:
