@@ -31,12 +31,15 @@ class OperatorConfig:
     keys_secret: str = "gitlab-sts-keys"  # noqa: S105 - a Secret name, not a secret
     # Publishing status (publish.json), for `kubectl get configmap gitlab-sts-status -o yaml`.
     status_configmap: str = "gitlab-sts-status"
+    # Refreshed copies of pinned GitLab key sets (settings gitlab[].pinnedJwksSource), mounted by the service.
+    pinned_jwks_configmap: str = "gitlab-sts-pinned-jwks"
     config_dir: Path = Path("/etc/gitlab-sts")
     # Coalesce bursts of binding changes into one ConfigMap write.
     debounce_seconds: float = 1.0
     # Full re-list of bindings: repairs any missed watch event.
     resync_seconds: float = 300.0
     key_check_seconds: float = 300.0
+    pinned_jwks_seconds: float = 600.0
     metrics_port: int = 9090
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
 
@@ -58,10 +61,13 @@ class OperatorConfig:
             bindings_configmap=env.get("GITLAB_STS_BINDINGS_CONFIGMAP", "").strip() or default.bindings_configmap,
             keys_secret=env.get("GITLAB_STS_KEYS_SECRET", "").strip() or default.keys_secret,
             status_configmap=env.get("GITLAB_STS_STATUS_CONFIGMAP", "").strip() or default.status_configmap,
+            pinned_jwks_configmap=env.get("GITLAB_STS_PINNED_JWKS_CONFIGMAP", "").strip()
+            or default.pinned_jwks_configmap,
             config_dir=Path(env.get("GITLAB_STS_CONFIG_DIR", "").strip() or default.config_dir),
             debounce_seconds=_float(env, "GITLAB_STS_OPERATOR_DEBOUNCE_SECONDS", default.debounce_seconds),
             resync_seconds=_float(env, "GITLAB_STS_OPERATOR_RESYNC_SECONDS", default.resync_seconds),
             key_check_seconds=_float(env, "GITLAB_STS_OPERATOR_KEY_CHECK_SECONDS", default.key_check_seconds),
+            pinned_jwks_seconds=_float(env, "GITLAB_STS_OPERATOR_PINNED_JWKS_SECONDS", default.pinned_jwks_seconds),
             metrics_port=int(port_raw) if port_raw else default.metrics_port,
             liveness_endpoint=env.get("GITLAB_STS_OPERATOR_LIVENESS", "").strip() or default.liveness_endpoint,
         )

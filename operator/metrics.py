@@ -43,6 +43,15 @@ PUBLISH_HELD_BACK = Gauge(_P + "publish_keys_held_back",
                           "Keys whose activation waits for their publication (lead time after the first upload)",
                           registry=REGISTRY)
 
+PINNED_REFRESHES = Counter(_P + "pinned_jwks_refreshes_total",
+                           "Refreshes of pinned GitLab key sets from pinnedJwksSource by issuer and result",
+                           ["issuer", "result"], registry=REGISTRY)
+PINNED_FAILURES = Gauge(_P + "pinned_jwks_refresh_failures",
+                        "Consecutive failed refreshes of a pinned key set (0 after a success)", ["issuer"],
+                        registry=REGISTRY)
+PINNED_FETCHED_AT = Gauge(_P + "pinned_jwks_fetched_timestamp_seconds",
+                          "fetchedAt of the pinned key set copy held in the ConfigMap", ["issuer"], registry=REGISTRY)
+
 
 def key_state(ring: KeyRing, kid: str, now: datetime) -> str:
     """signing (the key the service signs with now), pending, retired (published only) or expired."""

@@ -14,6 +14,7 @@ import yaml
 BINDINGS_CONFIGMAP = "${bindingsConfigMap}"
 KEYS_SECRET = "${keysSecret}"  # noqa: S105 - a placeholder name
 STATUS_CONFIGMAP = "${statusConfigMap}"
+PINNED_JWKS_CONFIGMAP = "${pinnedJwksConfigMap}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ RULES: tuple[Rule, ...] = (
          why="rewrite the bindings ConfigMap"),
     Rule("own", "", ("configmaps",), ("get", "patch"), (STATUS_CONFIGMAP,),
          why="the publishing status (publish.json) users read with kubectl"),
+    Rule("own", "", ("configmaps",), ("get", "patch"), (PINNED_JWKS_CONFIGMAP,),
+         why="refreshed copies of pinned GitLab key sets (settings gitlab[].pinnedJwksSource)"),
     Rule("own", "", ("secrets",), ("create",), why="create the keys Secret once"),
     Rule("own", "", ("secrets",), ("get", "patch"), (KEYS_SECRET,), why="rotate the signing keys"),
     Rule("own", "", ("events",), ("create",), why="the KeySetCorrupted Warning event on the keys Secret"),
@@ -65,8 +68,8 @@ def render(rules: tuple[Rule, ...] = RULES) -> str:
     }
     header = ("# Generated from gitlab_sts/operator/rbac.py (RULES); do not edit by hand.\n"
               "# Regenerate: python -m gitlab_sts.operator.rbac > charts/gitlab-sts/files/operator-rbac.yaml\n"
-              f"# The chart replaces {BINDINGS_CONFIGMAP}, {KEYS_SECRET} and {STATUS_CONFIGMAP} with the configured"
-              " names.\n")
+              f"# The chart replaces {BINDINGS_CONFIGMAP}, {KEYS_SECRET}, {STATUS_CONFIGMAP} and\n"
+              f"# {PINNED_JWKS_CONFIGMAP} with the configured names.\n")
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 

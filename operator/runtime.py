@@ -21,6 +21,7 @@ from gitlab_sts.operator.evaluation import Context
 from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, NewKey, Outcome, policy_for, rotate_once
 from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
 from gitlab_sts.operator.memo import BindingMemo
+from gitlab_sts.operator.pinnedrefresh import PinnedRefresher, refresher_for
 from gitlab_sts.operator.publish import Publisher, publisher_for
 from gitlab_sts.operator.reconcile import COMPONENT, Clock, Reconciler, utc_now
 
@@ -44,6 +45,7 @@ class Runtime:
     last_keys: Outcome | None = None
     _corruption_reported: str | None = None
     publisher: Publisher | None = None  # S3 publishing and the status ConfigMap
+    pinned: PinnedRefresher | None = None  # only when settings name a pinnedJwksSource
 
     async def check_keys(self) -> Outcome:
         """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
@@ -99,6 +101,18 @@ class Runtime:
                 delay = min(delay, 30.0)
             await asyncio.sleep(delay)
 
+    async def _pinned_loop(self) -> None:
+        assert self.pinned is not None
+        while True:
+            delay = self.cfg.pinned_jwks_seconds
+            try:
+                await self.pinned.refresh(self.clock())
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+                log.error("pinned JWKS refresh failed: %s", exc)
+            if self.pinned.failing:
+                delay = min(delay, 60.0)  # retry a failed fetch or write sooner; the last copy stays meanwhile
+            await asyncio.sleep(delay)
+
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.resync_seconds)
@@ -118,6 +132,8 @@ class Runtime:
         if loops:
             self._spawn(self._keys_loop(), "key-rotation")
             self._spawn(self._resync_loop(), "resync")
+            if self.pinned is not None:
+                self._spawn(self._pinned_loop(), "pinned-jwks")
 
     def healthy(self) -> dict[str, Any]:
         """Liveness detail; raises when a background loop died."""
@@ -129,6 +145,7 @@ class Runtime:
             "configError": self.writer.last_error,
             "keys": self.last_keys.result if self.last_keys else None,
             "publishError": self.publisher.last_error if self.publisher else None,
+            "pinnedJwksError": self.pinned.last_error if self.pinned else None,
         }
 
     async def stop(self) -> None:
@@ -152,4 +169,6 @@ def build_runtime(cfg: OperatorConfig, settings: Settings, endpoint: Endpoint, *
     reconciler = Reconciler(client, memo, writer, cfg.watch_namespaces, clock)
     policy = policy_for(settings)
     publisher = publisher_for(settings, policy, client, cfg.namespace, cfg.status_configmap)
-    return Runtime(cfg, settings, client, memo, writer, reconciler, policy, clock, new_key, publisher=publisher)
+    pinned = refresher_for(settings, client, cfg.namespace, cfg.pinned_jwks_configmap, cfg.status_configmap)
+    return Runtime(cfg, settings, client, memo, writer, reconciler, policy, clock, new_key, publisher=publisher,
+                   pinned=pinned)

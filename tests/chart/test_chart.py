@@ -133,14 +133,16 @@ def test_operator_owned_objects_are_not_templated_and_mounted_optional(helm3: He
 
 def test_object_names_from_values(helm3: Helm) -> None:
     docs = helm3.template(MINIMAL, sets={"names.bindingsConfigMap": "b", "names.keysSecret": "k",
-                                         "names.statusConfigMap": "s"})
+                                         "names.statusConfigMap": "s", "names.pinnedJwksConfigMap": "p"})
     env = env_of(find(docs, "Deployment", "gitlab-sts-operator")["spec"]["template"]["spec"]["containers"][0])
     cfg = OperatorConfig.from_env(env)
-    assert (cfg.bindings_configmap, cfg.keys_secret, cfg.status_configmap) == ("b", "k", "s")
+    assert (cfg.bindings_configmap, cfg.keys_secret, cfg.status_configmap, cfg.pinned_jwks_configmap) == (
+        "b", "k", "s", "p")
     role = find(docs, "Role")
-    assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == {"b", "k", "s"}
+    assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == {"b", "k", "s", "p"}
     vols = {v["name"]: v for v in find(docs, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]["volumes"]}
     assert vols["bindings"]["configMap"]["name"] == "b" and vols["keys"]["secret"]["secretName"] == "k"
+    assert vols["pinned"]["configMap"]["name"] == "p"
 
 
 # --- RBAC: exactly operator/rbac.py's rules -----------------------------------------------------------------
@@ -165,7 +167,7 @@ def test_rbac_file_is_the_rendered_rules() -> None:
 def test_operator_rbac_is_exactly_the_python_rules(helm: Helm, values: Path) -> None:
     docs = helm.template(values)
     names = {rbac.BINDINGS_CONFIGMAP: "gitlab-sts-bindings", rbac.KEYS_SECRET: "gitlab-sts-keys",
-             rbac.STATUS_CONFIGMAP: "gitlab-sts-status"}
+             rbac.STATUS_CONFIGMAP: "gitlab-sts-status", rbac.PINNED_JWKS_CONFIGMAP: "gitlab-sts-pinned-jwks"}
     assert find(docs, "ClusterRole")["rules"] == _expected("watched", names)
     assert find(docs, "Role")["rules"] == _expected("own", names)
     assert "${" not in yaml.safe_dump_all(docs)
@@ -260,6 +262,9 @@ def test_exchange_environment_matches_what_the_service_reads(helm3: Helm) -> Non
     assert str(paths.settings) == mounts["settings"] + "/settings.yaml"
     assert str(paths.bindings) == mounts["bindings"]
     assert str(paths.keys) == mounts["keys"]
+    assert str(paths.pinned) == mounts["pinned"]
+    pinned_volume = next(v for v in pod["volumes"] if v["name"] == "pinned")
+    assert pinned_volume["configMap"] == {"name": "gitlab-sts-pinned-jwks", "optional": True}
     # Every GITLAB_STS_*/PROMETHEUS_* variable the chart sets is one the service reads.
     sources = (ROOT / "service/gunicorn.conf.py").read_text() + (ROOT / "service/paths.py").read_text() + \
         (ROOT / "service/state.py").read_text()
@@ -283,14 +288,16 @@ def test_operator_deployment_and_environment(helm: Helm) -> None:
     cfg = OperatorConfig.from_env(env_of(c))
     assert cfg.namespace == NAMESPACE
     assert cfg.watch_namespaces == ("gitlab-sts", "team-a", "team-b")
-    assert (cfg.bindings_configmap, cfg.keys_secret, cfg.status_configmap) == (
-        "gitlab-sts-bindings", "gitlab-sts-keys", "gitlab-sts-status")
+    assert (cfg.bindings_configmap, cfg.keys_secret, cfg.status_configmap, cfg.pinned_jwks_configmap) == (
+        "gitlab-sts-bindings", "gitlab-sts-keys", "gitlab-sts-status", "gitlab-sts-pinned-jwks")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert cfg.metrics_port == ports["metrics"] == 9090
     assert cfg.liveness_endpoint == f"http://0.0.0.0:{ports['liveness']}/healthz"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness", "scheme": "HTTP"}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert cfg.settings_file == Path(mounts["settings"]) / "settings.yaml"
+    # caBundle paths (/etc/gitlab-sts/ca/...) resolve in the operator too, for pinnedJwksSource fetches.
+    assert mounts["ca"] == "/etc/gitlab-sts/ca"
     svc = find(docs, "Service", "gitlab-sts-operator-metrics")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
 

@@ -83,6 +83,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- .Values.names.statusConfigMap | default (include "gitlab-sts.suffixed" (list . "status")) -}}
 {{- end -}}
 
+{{- define "gitlab-sts.pinnedJwksConfigMap" -}}
+{{- .Values.names.pinnedJwksConfigMap | default (include "gitlab-sts.suffixed" (list . "pinned-jwks")) -}}
+{{- end -}}
+
 {{- define "gitlab-sts.tlsSecret" -}}
 {{- .Values.tls.secretName | default (include "gitlab-sts.suffixed" (list . "tls")) -}}
 {{- end -}}
