@@ -23,6 +23,7 @@ from gitlab_sts.core.pinnedjwks import MAX_JWKS_BYTES, PinnedCopy, file_name, pa
 from gitlab_sts.core.settings import GitLabInstance, Settings
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.statusmap import put_status_key
 
 log = logging.getLogger("gitlab_sts.operator.pinned")
 
@@ -206,24 +207,8 @@ class PinnedRefresher:
         text = json.dumps(self.status(), indent=2, sort_keys=True) + "\n"
         if text == self.written_status:
             return
-        path = path_for("v1", "configmaps", self.namespace, self.status_configmap)
-        try:
-            existing = await self.client.get_or_none(path)
-            if existing is None:
-                await self.client.create(path_for("v1", "configmaps", self.namespace), {
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": self.status_configmap, "namespace": self.namespace,
-                                 "labels": {"app.kubernetes.io/name": "gitlab-sts",
-                                            "app.kubernetes.io/component": "status"}},
-                    "data": {STATUS_KEY: text},
-                })
-            elif (existing.get("data") or {}).get(STATUS_KEY) != text:
-                # A merge patch of one key: publish.json, written by the publisher, stays as it is.
-                await self.client.merge_patch(path, {"data": {STATUS_KEY: text}})
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("cannot write the status ConfigMap: %s", exc)
-            return
-        self.written_status = text
+        if await put_status_key(self.client, self.namespace, self.status_configmap, STATUS_KEY, text):
+            self.written_status = text
 
 
 def _held_copy(text: Any, issuer: str) -> PinnedCopy | None:
