@@ -447,6 +447,8 @@ class Candidate:
 
     binding: CompiledBinding
     failure: RuleFailure | None
+    # Set once the request's filters and the grant's own checks passed (see core.exchange).
+    grant: Grant | None = None
 
 
 class BindingIndex:

@@ -92,7 +92,9 @@ def _refine(c: Candidate, request: ExchangeRequest, claims: dict[str, Any],
     if request.audience and audience != request.audience:
         return Candidate(c.binding, RuleFailure("audience", "audience", audience, request.audience))
     grant = _grant(c.binding, claims, settings)
-    return Candidate(c.binding, grant) if isinstance(grant, RuleFailure) else c
+    if isinstance(grant, RuleFailure):
+        return Candidate(c.binding, grant)
+    return Candidate(c.binding, None, grant)
 
 
 def decide(verified: VerifiedToken, index: BindingIndex, settings: Settings,
@@ -118,10 +120,9 @@ def decide(verified: VerifiedToken, index: BindingIndex, settings: Settings,
             reason="ambiguous", candidates=[{"binding": c.binding.key, "role_arn": c.binding.spec.aws.role_arn}
                                             for c in matching],
         )
-    chosen = matching[0].binding
-    grant = _grant(chosen, claims, settings)
-    assert isinstance(grant, Grant)
-    return Decision(chosen, grant)
+    chosen = matching[0]
+    assert chosen.grant is not None
+    return Decision(chosen.binding, chosen.grant)
 
 
 def explain(verified: VerifiedToken, index: BindingIndex, settings: Settings) -> list[dict[str, Any]]:
