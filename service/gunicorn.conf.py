@@ -31,6 +31,9 @@ errorlog = "-"
 loglevel = os.environ.get("GITLAB_STS_LOG_LEVEL", "info")
 certfile = os.environ.get("GITLAB_STS_TLS_CERT") or None
 keyfile = os.environ.get("GITLAB_STS_TLS_KEY") or None
+# No runtime admin socket: the root filesystem is read-only in the chart, nothing uses it, and every
+# instance would otherwise share $HOME/.gunicorn/gunicorn.ctl.
+control_socket_disable = True
 forwarded_allow_ips = os.environ.get("GITLAB_STS_FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
