@@ -83,17 +83,15 @@ def token_form(token: str) -> str:
 
 def wrk_run(name: str, url: str, *, connections: int, seconds: float, threads: int = 2,
             form: str | None = None) -> LoadResult:
-    """Run wrk (GET, or POST of form via token.lua) and parse the JSON line the Lua script prints."""
+    """Run wrk (GET, or POST of form) via wrk.lua and parse the JSON line the Lua script prints."""
     wrk = ensure_wrk()
     if wrk is None:
         return python_load(name, url, connections=connections, seconds=seconds, form=form)
-    env = dict(os.environ)
-    script = BENCH / "get.lua"
+    env = {k: v for k, v in os.environ.items() if k != "GITLAB_STS_BENCH_FORM"}  # wrk.lua POSTs when it is set
     if form is not None:
         env["GITLAB_STS_BENCH_FORM"] = form
-        script = BENCH / "token.lua"
     cmd = [wrk, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-           "-s", str(script), url]
+           "-s", str(BENCH / "wrk.lua"), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("{"))
     data = json.loads(line)

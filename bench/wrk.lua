@@ -1,10 +1,13 @@
--- wrk script: POST the RFC 8693 form to /v1/token and report latency percentiles as one JSON line.
--- The form body (with the GitLab token) comes from the environment so that no token is written to disk.
+-- wrk script: report latency percentiles as one JSON line; GET by default (e.g. /healthz).
+-- With GITLAB_STS_BENCH_FORM set it POSTs that RFC 8693 form (to /v1/token): the form (with the GitLab
+-- token) comes from the environment so that no token is written to disk.
 -- Non-2xx answers count in summary.errors.status (wrk does that itself).
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-wrk.body = os.getenv("GITLAB_STS_BENCH_FORM")
-
+local form = os.getenv("GITLAB_STS_BENCH_FORM")
+if form then
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+  wrk.body = form
+end
 
 done = function(summary, latency, requests)
   io.write(string.format(
