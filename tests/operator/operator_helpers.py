@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
+from gitlab_sts.core.keys import ManagedKey, generate_key
 from gitlab_sts.core.settings import Settings, parse_settings
+from gitlab_sts.operator import metrics
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 SETTINGS_YAML = """
 issuer: https://sts.example.com
@@ -46,3 +51,23 @@ def manifest(namespace: str, name: str, body: dict[str, Any] | None = None) -> d
     return {"apiVersion": "gitlab-sts.io/v1alpha1", "kind": "GitLabAWSBinding",
             "metadata": {"name": name, "namespace": namespace, "generation": 1},
             "spec": spec() if body is None else body}
+
+
+def es256(alg: str, **kw: Any) -> ManagedKey:
+    """A key generator for runtimes: fast ES256 keys whatever the policy asks (the algorithm is not what is tested)."""
+    return generate_key("ES256", **kw)
+
+
+class Clock:
+    """An injected clock the test moves; starts at T0."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def metric(name: str, **labels: str) -> float | None:
+    """A sample of the operator's registry (name without the gitlab_sts_operator_ prefix)."""
+    return metrics.REGISTRY.get_sample_value("gitlab_sts_operator_" + name, labels or None)

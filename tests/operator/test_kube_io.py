@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from operator_helpers import GUARDED_YAML, manifest, settings, spec
+from operator_helpers import GUARDED_YAML, es256, manifest, settings, spec
 
 from gitlab_sts.core.bindingdoc import DOC_FILE, DOC_FILE_GZ, GZIP_THRESHOLD, parse_document
-from gitlab_sts.core.keys import KEYSET_FILE, generate_key, parse_keyring
+from gitlab_sts.core.keys import KEYSET_FILE, parse_keyring
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import DIGEST_ANNOTATION
@@ -24,10 +24,6 @@ API = "gitlab-sts.io/v1alpha1"
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
 SECRET = path_for("v1", "secrets", "gitlab-sts", "gitlab-sts-keys")
-
-
-def es256(alg: str, **kw: Any) -> Any:
-    return generate_key("ES256", **kw)  # fast keys for tests; the algorithm is not what is tested
 
 
 def runtime_for(k8s: Any, text: str | None = None, **cfg: Any) -> Runtime:

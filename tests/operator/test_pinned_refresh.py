@@ -6,23 +6,21 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
-from operator_helpers import settings
+from operator_helpers import T0, Clock, metric, settings
 
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.pinnedjwks import file_name, parse_copy
-from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
 from gitlab_sts.operator.pinnedrefresh import CONFLICT, FAILED, STATUS_KEY, UNCHANGED, WRITTEN
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ISSUER = "https://gitlab.airgap.example"
 PINNED_CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-pinned-jwks")
 STATUS_CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-status")
@@ -76,14 +74,6 @@ def source() -> Iterator[Source]:
     s.stop()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def make_runtime(k8s: Any, url: str, clock: Clock) -> Runtime:
     text = f"""
 issuer: https://sts.example.com
@@ -110,10 +100,6 @@ async def held(client: KubeClient) -> tuple[dict[str, Any], str]:
 async def status(client: KubeClient) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads((await client.get(STATUS_CM))["data"][STATUS_KEY])["instances"][ISSUER]
     return doc
-
-
-def metric(name: str, **labels: str) -> float | None:
-    return metrics.REGISTRY.get_sample_value("gitlab_sts_operator_" + name, labels or None)
 
 
 @pytest.mark.asyncio

@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
+import pytest_asyncio
 from moto.server import ThreadedMotoServer
-from operator_helpers import settings
+from operator_helpers import T0, Clock, es256, metric, settings
 
-from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, generate_key, parse_keyring
+from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, parse_keyring
 from gitlab_sts.core.settings import Settings
-from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.keyrotation import CREATED, ROTATED, UNCHANGED, UNPUBLISHED
 from gitlab_sts.operator.kube import Endpoint, path_for
 from gitlab_sts.operator.publish import STATUS_KEY, PublishError, S3Store
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
 BUCKET = "oidc-issuer"
 PREFIX = "gitlab-sts"
 SECRET = path_for("v1", "secrets", "gitlab-sts", "gitlab-sts-keys")
@@ -73,16 +72,6 @@ publish:
 """)
 
 
-class Clock:
-    """An injected clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 class FlakyStore(S3Store):
     """The real boto3 store with a switch that makes every call fail like an unreachable S3."""
 
@@ -99,8 +88,7 @@ class FlakyStore(S3Store):
         return super().get(key)
 
 
-def es256(alg: str, **kw: Any) -> Any:
-    return generate_key("ES256", **kw)
+Published = tuple[Runtime, FlakyStore]
 
 
 def make_runtime(k8s: Any, endpoint: str, clock: Clock, *, bucket: str = BUCKET) -> tuple[Runtime, FlakyStore]:
@@ -144,153 +132,146 @@ async def status_of(rt: Runtime) -> dict[str, Any]:
     return doc
 
 
-def metric(name: str, **labels: str) -> float | None:
-    return metrics.REGISTRY.get_sample_value("gitlab_sts_operator_" + name, labels or None)
-
-
 async def clear_bucket(endpoint: str) -> None:
     for name in ("jwks.json", "openid-configuration"):
         s3(endpoint).delete_object(Bucket=BUCKET, Key=f"{PREFIX}/.well-known/{name}")
 
 
-@pytest.mark.asyncio
-async def test_publish_rotate_publish_again(k8s: Any, s3_endpoint: str) -> None:
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest_asyncio.fixture
+async def published(k8s: Any, s3_endpoint: str, clock: Clock) -> AsyncIterator[Published]:
+    """A runtime on `clock` publishing to the emptied bucket through a FlakyStore; its client closed at the end."""
     await clear_bucket(s3_endpoint)
-    clock = Clock()
-    rt, _ = make_runtime(k8s, s3_endpoint, clock)
-    try:
-        assert (await rt.check_keys()).result == CREATED
-        ring = await ring_of(rt)
-        jwks = s3_object(s3_endpoint, "jwks.json")
-        assert jwks["type"] == "application/json" and jwks["cache"] == "public, max-age=300"
-        assert {k["kid"] for k in jwks["body"]["keys"]} == {k.kid for k in ring.keys}
-        assert not any("d" in k for k in jwks["body"]["keys"])  # public keys only
-        disc = s3_object(s3_endpoint, "openid-configuration")
-        issuer = f"{s3_endpoint}/{BUCKET}/{PREFIX}"
-        assert disc["body"]["issuer"] == issuer and disc["body"]["jwks_uri"] == issuer + "/.well-known/jwks.json"
-        assert disc["type"] == "application/json" and disc["cache"] == "public, max-age=300"
-        status = await status_of(rt)
-        assert status["via"] == ["s3"] and status["s3"]["jwks"]["matches"] is True
-        assert status["s3"]["lastUploadAt"] == "2030-01-01T00:00:00Z" and status["s3"]["lastError"] is None
-        assert metric("publish_last_success_timestamp_seconds") == T0.timestamp()
-        assert metric("publish_jwks_matches") == 1
-
-        # Nothing changed: no upload, but the read-back still confirms the copy.
-        clock.now = T0 + timedelta(hours=1)
-        assert (await rt.check_keys()).result == UNCHANGED
-        assert metric("publish_last_success_timestamp_seconds") == T0.timestamp()
-        assert metric("publish_last_verified_timestamp_seconds") == clock.now.timestamp()
-
-        # A week on: the successor signs, a new key is created and published before it can sign.
-        clock.now = T0 + timedelta(days=7, minutes=5)
-        assert (await rt.check_keys()).result == ROTATED
-        ring2 = await ring_of(rt)
-        new = [k for k in ring2.keys if k.kid not in {m.kid for m in ring.keys}]
-        assert len(new) == 1 and new[0].kid in published_kids(s3_endpoint)
-        assert new[0].activate_at >= clock.now + LEAD
-        assert (await status_of(rt))["s3"]["publishedSince"][new[0].kid] == "2030-01-08T00:05:00Z"
-    finally:
-        await rt.client.close()
-
-
-@pytest.mark.asyncio
-async def test_every_signing_key_was_published_for_the_lead_before_it_signed(k8s: Any, s3_endpoint: str) -> None:
-    await clear_bucket(s3_endpoint)
-    clock = Clock()
     rt, store = make_runtime(k8s, s3_endpoint, clock)
+    yield rt, store
+    await rt.client.close()
+
+
+@pytest.mark.asyncio
+async def test_publish_rotate_publish_again(s3_endpoint: str, clock: Clock, published: Published) -> None:
+    rt, _ = published
+    assert (await rt.check_keys()).result == CREATED
+    ring = await ring_of(rt)
+    jwks = s3_object(s3_endpoint, "jwks.json")
+    assert jwks["type"] == "application/json" and jwks["cache"] == "public, max-age=300"
+    assert {k["kid"] for k in jwks["body"]["keys"]} == {k.kid for k in ring.keys}
+    assert not any("d" in k for k in jwks["body"]["keys"])  # public keys only
+    disc = s3_object(s3_endpoint, "openid-configuration")
+    issuer = f"{s3_endpoint}/{BUCKET}/{PREFIX}"
+    assert disc["body"]["issuer"] == issuer and disc["body"]["jwks_uri"] == issuer + "/.well-known/jwks.json"
+    assert disc["type"] == "application/json" and disc["cache"] == "public, max-age=300"
+    status = await status_of(rt)
+    assert status["via"] == ["s3"] and status["s3"]["jwks"]["matches"] is True
+    assert status["s3"]["lastUploadAt"] == "2030-01-01T00:00:00Z" and status["s3"]["lastError"] is None
+    assert metric("publish_last_success_timestamp_seconds") == T0.timestamp()
+    assert metric("publish_jwks_matches") == 1
+
+    # Nothing changed: no upload, but the read-back still confirms the copy.
+    clock.now = T0 + timedelta(hours=1)
+    assert (await rt.check_keys()).result == UNCHANGED
+    assert metric("publish_last_success_timestamp_seconds") == T0.timestamp()
+    assert metric("publish_last_verified_timestamp_seconds") == clock.now.timestamp()
+
+    # A week on: the successor signs, a new key is created and published before it can sign.
+    clock.now = T0 + timedelta(days=7, minutes=5)
+    assert (await rt.check_keys()).result == ROTATED
+    ring2 = await ring_of(rt)
+    new = [k for k in ring2.keys if k.kid not in {m.kid for m in ring.keys}]
+    assert len(new) == 1 and new[0].kid in published_kids(s3_endpoint)
+    assert new[0].activate_at >= clock.now + LEAD
+    assert (await status_of(rt))["s3"]["publishedSince"][new[0].kid] == "2030-01-08T00:05:00Z"
+
+
+@pytest.mark.asyncio
+async def test_every_signing_key_was_published_for_the_lead_before_it_signed(
+        s3_endpoint: str, clock: Clock, published: Published) -> None:
+    rt, store = published
     first_seen: dict[str, datetime] = {}
     first_signer = None
     # S3 is down across the creation of the third key and past its planned activation.
     outages = [(T0 + timedelta(days=6, hours=20), T0 + timedelta(days=15))]
-    try:
-        while clock.now < T0 + timedelta(days=22):
-            store.down = any(a <= clock.now < b for a, b in outages)
-            await rt.check_keys()
-            if not store.down:
-                for kid in published_kids(s3_endpoint):
-                    first_seen.setdefault(kid, clock.now)
-            ring = await ring_of(rt)
-            signer = ring.signing_key(clock.now)
-            assert signer is not None
-            first_signer = first_signer or signer.kid
-            if signer.kid != first_signer:
-                # The first token signed by a key is signed after S3 has served it for the whole lead.
-                assert first_seen[signer.kid] + LEAD <= clock.now, signer.kid
-            clock.now += timedelta(hours=12)  # KMock slows down with every request it keeps: few passes
-        assert len({k.kid for k in ring.keys} | set(first_seen)) >= 4
-    finally:
-        await rt.client.close()
-
-
-@pytest.mark.asyncio
-async def test_outage_holds_activation_back_and_shows_in_status_and_metrics(k8s: Any, s3_endpoint: str) -> None:
-    await clear_bucket(s3_endpoint)
-    clock = Clock()
-    rt, store = make_runtime(k8s, s3_endpoint, clock)
-    try:
-        await rt.check_keys()  # A signs, B published ahead
-        clock.now = T0 + timedelta(days=7, minutes=1)
-        store.down = True
-        failures_before = metric("publish_failures_total", stage="upload") or 0.0
-        await rt.check_keys()  # B signs now; C is created but cannot be published
-        ring = await ring_of(rt)
-        b = ring.signing_key(clock.now)
-        assert b is not None
-        (c,) = [k for k in ring.keys if k.activate_at > clock.now]
-        assert c.kid not in published_kids(s3_endpoint)
-        status = await status_of(rt)
-        assert status["s3"]["lastError"].startswith("upload of gitlab-sts/.well-known/jwks.json failed")
-        assert status["s3"]["consecutiveFailures"] == 1
-        assert c.kid in status["s3"]["awaitingPublication"]
-        assert status["s3"]["jwks"]["missingKids"] == [c.kid] and status["s3"]["jwks"]["matches"] is False
-        assert metric("publish_failures_total", stage="upload") == failures_before + 1
-        assert metric("publish_jwks_matches") == 0 and metric("publish_keys_held_back") == 1
-        assert rt.publisher is not None and rt.publisher.backoff(300) == 5.0
-
-        # Still down when C was due: C is pushed back, B keeps signing; never a gap.
-        planned = c.activate_at
-        clock.now = planned - timedelta(hours=2)
+    while clock.now < T0 + timedelta(days=22):
+        store.down = any(a <= clock.now < b for a, b in outages)
         await rt.check_keys()
-        ring = await ring_of(rt)
-        c2 = next(k for k in ring.keys if k.kid == c.kid)
-        assert c2.activate_at > planned and c2.activate_at >= clock.now + LEAD
-        for t in (planned, planned + timedelta(hours=12), c2.activate_at - timedelta(seconds=1)):
-            assert ring.signing_key(t).kid == b.kid  # type: ignore[union-attr]
-        assert rt.publisher.backoff(300) == 10.0  # backs off: 5 s, 10 s, 20 s, ...
-
-        # S3 is back: C is published now and signs one lead time later, not before.
-        store.down = False
-        clock.now += timedelta(hours=1)
-        back = clock.now
-        await rt.check_keys()
-        assert c.kid in published_kids(s3_endpoint)
-        ring = await ring_of(rt)
-        c3 = next(k for k in ring.keys if k.kid == c.kid)
-        assert c3.activate_at >= back + LEAD
-        status = await status_of(rt)
-        assert status["s3"]["lastError"] is None and status["s3"]["jwks"]["matches"] is True
-        assert metric("publish_jwks_matches") == 1
-    finally:
-        await rt.client.close()
-
-
-@pytest.mark.asyncio
-async def test_first_key_set_waits_for_its_publication(k8s: Any, s3_endpoint: str) -> None:
-    await clear_bucket(s3_endpoint)
-    clock = Clock()
-    rt, store = make_runtime(k8s, s3_endpoint, clock)
-    try:
-        store.down = True
-        assert (await rt.check_keys()).result == UNPUBLISHED
-        assert await rt.client.get_or_none(SECRET) is None  # no key can sign that AWS could not verify
-        store.down = False
-        clock.now += timedelta(seconds=5)
-        assert (await rt.check_keys()).result == CREATED
+        if not store.down:
+            for kid in published_kids(s3_endpoint):
+                first_seen.setdefault(kid, clock.now)
         ring = await ring_of(rt)
         signer = ring.signing_key(clock.now)
-        assert signer is not None and signer.kid in published_kids(s3_endpoint)
-    finally:
-        await rt.client.close()
+        assert signer is not None
+        first_signer = first_signer or signer.kid
+        if signer.kid != first_signer:
+            # The first token signed by a key is signed after S3 has served it for the whole lead.
+            assert first_seen[signer.kid] + LEAD <= clock.now, signer.kid
+        clock.now += timedelta(hours=12)  # KMock slows down with every request it keeps: few passes
+    assert len({k.kid for k in ring.keys} | set(first_seen)) >= 4
+
+
+@pytest.mark.asyncio
+async def test_outage_holds_activation_back_and_shows_in_status_and_metrics(
+        s3_endpoint: str, clock: Clock, published: Published) -> None:
+    rt, store = published
+    await rt.check_keys()  # A signs, B published ahead
+    clock.now = T0 + timedelta(days=7, minutes=1)
+    store.down = True
+    failures_before = metric("publish_failures_total", stage="upload") or 0.0
+    await rt.check_keys()  # B signs now; C is created but cannot be published
+    ring = await ring_of(rt)
+    b = ring.signing_key(clock.now)
+    assert b is not None
+    (c,) = [k for k in ring.keys if k.activate_at > clock.now]
+    assert c.kid not in published_kids(s3_endpoint)
+    status = await status_of(rt)
+    assert status["s3"]["lastError"].startswith("upload of gitlab-sts/.well-known/jwks.json failed")
+    assert status["s3"]["consecutiveFailures"] == 1
+    assert c.kid in status["s3"]["awaitingPublication"]
+    assert status["s3"]["jwks"]["missingKids"] == [c.kid] and status["s3"]["jwks"]["matches"] is False
+    assert metric("publish_failures_total", stage="upload") == failures_before + 1
+    assert metric("publish_jwks_matches") == 0 and metric("publish_keys_held_back") == 1
+    assert rt.publisher is not None and rt.publisher.backoff(300) == 5.0
+
+    # Still down when C was due: C is pushed back, B keeps signing; never a gap.
+    planned = c.activate_at
+    clock.now = planned - timedelta(hours=2)
+    await rt.check_keys()
+    ring = await ring_of(rt)
+    c2 = next(k for k in ring.keys if k.kid == c.kid)
+    assert c2.activate_at > planned and c2.activate_at >= clock.now + LEAD
+    for t in (planned, planned + timedelta(hours=12), c2.activate_at - timedelta(seconds=1)):
+        assert ring.signing_key(t).kid == b.kid  # type: ignore[union-attr]
+    assert rt.publisher.backoff(300) == 10.0  # backs off: 5 s, 10 s, 20 s, ...
+
+    # S3 is back: C is published now and signs one lead time later, not before.
+    store.down = False
+    clock.now += timedelta(hours=1)
+    back = clock.now
+    await rt.check_keys()
+    assert c.kid in published_kids(s3_endpoint)
+    ring = await ring_of(rt)
+    c3 = next(k for k in ring.keys if k.kid == c.kid)
+    assert c3.activate_at >= back + LEAD
+    status = await status_of(rt)
+    assert status["s3"]["lastError"] is None and status["s3"]["jwks"]["matches"] is True
+    assert metric("publish_jwks_matches") == 1
+
+
+@pytest.mark.asyncio
+async def test_first_key_set_waits_for_its_publication(
+        s3_endpoint: str, clock: Clock, published: Published) -> None:
+    rt, store = published
+    store.down = True
+    assert (await rt.check_keys()).result == UNPUBLISHED
+    assert await rt.client.get_or_none(SECRET) is None  # no key can sign that AWS could not verify
+    store.down = False
+    clock.now += timedelta(seconds=5)
+    assert (await rt.check_keys()).result == CREATED
+    ring = await ring_of(rt)
+    signer = ring.signing_key(clock.now)
+    assert signer is not None and signer.kid in published_kids(s3_endpoint)
 
 
 @pytest.mark.asyncio
@@ -358,14 +339,9 @@ class DeniedReadsOfMissingObjects(FlakyStore):
 
 
 @pytest.mark.asyncio
-async def test_first_upload_works_when_missing_objects_read_as_access_denied(k8s: Any, s3_endpoint: str) -> None:
-    await clear_bucket(s3_endpoint)
-    clock = Clock()
-    rt, store = make_runtime(k8s, s3_endpoint, clock)
+async def test_first_upload_works_when_missing_objects_read_as_access_denied(published: Published) -> None:
+    rt, store = published
     assert rt.publisher is not None
     rt.publisher.store = DeniedReadsOfMissingObjects(store.target)
-    try:
-        assert (await rt.check_keys()).result == CREATED
-        assert (await status_of(rt))["s3"]["jwks"]["matches"] is True
-    finally:
-        await rt.client.close()
+    assert (await rt.check_keys()).result == CREATED
+    assert (await status_of(rt))["s3"]["jwks"]["matches"] is True
