@@ -9,11 +9,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from gitlab_sts.core.bindingdoc import DOC_FILE, DOC_FILE_GZ
 from gitlab_sts.operator import metrics
-from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.kube import TRANSIENT, ApiError, KubeClient, path_for
 from gitlab_sts.operator.memo import BindingMemo
 
 DIGEST_ANNOTATION = "gitlab-sts.io/sha256"
@@ -131,7 +129,7 @@ class ConfigWriter:
                 await self.flush()
                 self.last_error = None
                 backoff = 1.0
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+            except TRANSIENT as exc:
                 self.last_error = str(exc)
                 metrics.CONFIG_WRITES.labels(result="error").inc()
                 log.error("could not write the bindings ConfigMap: %s (retrying in %.0fs)", exc, backoff)

@@ -24,6 +24,10 @@ class ApiError(Exception):
         self.message = message
 
 
+# What a call to the API server (or another endpoint) raises when it failed for now: log, keep going, retry later.
+TRANSIENT: tuple[type[Exception], ...] = (ApiError, aiohttp.ClientError, OSError, TimeoutError)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where the API server is and how to authenticate (headers are re-read on 401)."""

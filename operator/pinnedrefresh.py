@@ -22,7 +22,7 @@ from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.pinnedjwks import MAX_JWKS_BYTES, PinnedCopy, file_name, parse_copy, parse_jwks_bytes, render_copy
 from gitlab_sts.core.settings import GitLabInstance, Settings
 from gitlab_sts.operator import metrics
-from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.kube import TRANSIENT, ApiError, KubeClient, path_for
 from gitlab_sts.operator.statusmap import put_status_key
 
 log = logging.getLogger("gitlab_sts.operator.pinned")
@@ -142,7 +142,7 @@ class PinnedRefresher:
         path = path_for("v1", "configmaps", self.namespace, self.configmap)
         try:
             results.update(await self._write(path, fetched, now))
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except TRANSIENT as exc:
             log.error("cannot write the pinned JWKS ConfigMap: %s", exc)
             for issuer in fetched:
                 results[issuer] = CONFLICT if isinstance(exc, ApiError) and exc.status == 409 else FAILED

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import aiohttp
-
 from gitlab_sts.core.keys import RotationPolicy, generate_key
 from gitlab_sts.core.settings import Settings
 from gitlab_sts.operator import metrics
@@ -19,7 +17,7 @@ from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import ConfigWriter
 from gitlab_sts.operator.evaluation import Context
 from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, NewKey, Outcome, policy_for, rotate_once
-from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
+from gitlab_sts.operator.kube import TRANSIENT, ApiError, Endpoint, KubeClient, path_for
 from gitlab_sts.operator.memo import BindingMemo
 from gitlab_sts.operator.pinnedrefresh import PinnedRefresher, refresher_for
 from gitlab_sts.operator.publish import Publisher, publisher_for
@@ -96,7 +94,7 @@ class Runtime:
                     delay = 1.0  # another writer raced us: re-read soon
                 if self.publisher is not None and self.publisher.failures:
                     delay = self.publisher.backoff(delay)  # retry a failed upload sooner, backing off
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.error("key set check failed: %s", exc)
                 delay = min(delay, 30.0)
             await asyncio.sleep(delay)
@@ -107,7 +105,7 @@ class Runtime:
             delay = self.cfg.pinned_jwks_seconds
             try:
                 await self.pinned.refresh(self.clock())
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.error("pinned JWKS refresh failed: %s", exc)
             if self.pinned.failing:
                 delay = min(delay, 60.0)  # retry a failed fetch or write sooner; the last copy stays meanwhile
@@ -118,7 +116,7 @@ class Runtime:
             await asyncio.sleep(self.cfg.resync_seconds)
             try:
                 await self.reconciler.resync()
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.error("resync of bindings failed: %s", exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -155,7 +153,7 @@ class Runtime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        with contextlib.suppress(*TRANSIENT):
             await self.writer.flush()
         await self.client.close()
 

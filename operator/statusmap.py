@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
-
-from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.kube import TRANSIENT, KubeClient, path_for
 
 log = logging.getLogger("gitlab_sts.operator")
 
@@ -27,7 +25,7 @@ async def put_status_key(client: KubeClient, namespace: str, configmap: str, key
         elif (existing.get("data") or {}).get(key) != text:
             # A merge patch of one key leaves the keys other parts of the operator write as they are.
             await client.merge_patch(path, {"data": {key: text}})
-    except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except TRANSIENT as exc:
         log.warning("cannot write %s of the status ConfigMap: %s", key, exc)
         return False
     return True
