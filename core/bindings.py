@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 from gitlab_sts.core.claims import ACCESS_LEVELS
 from gitlab_sts.core.errors import CompileError, FieldError
 from gitlab_sts.core.patterns import glob_to_regex
-from gitlab_sts.core.settings import check_url
+from gitlab_sts.core.settings import check_issuer
 from gitlab_sts.core.tags import MAX_TAGS, key_problem, sanitise_source_identity, sanitise_value
 
 GROUP = "gitlab-sts.io"
@@ -244,6 +244,7 @@ def _access_check(minimum: str) -> Check:
 _CEL_ENV = celpy.Environment()
 # Bound on the remembered results of one CEL condition (cleared, not evicted one by one, when full).
 CEL_RESULT_CACHE = 1024
+_MISS = object()
 
 
 @dataclass
@@ -326,8 +327,10 @@ def _cel_check(source: str, errors: list[FieldError]) -> Check | None:
         # CEL has no clock or randomness: the answer is a function of the claims it reads, so it is
         # remembered per distinct value of those claims (the interpreter costs ~0.3 ms per run).
         key = _cel_key(names, c) if names is not None else None
-        if key is not None and key in results:
-            return results[key]
+        # One dict operation: another request thread may clear() the cache between two.
+        cached = results.get(key, _MISS) if key is not None else _MISS
+        if cached is not _MISS:
+            return cached  # type: ignore[return-value]
         failure = evaluate(c)
         if key is not None:
             if len(results) >= CEL_RESULT_CACHE:
@@ -382,9 +385,7 @@ def compile_binding(namespace: str, name: str, spec: Mapping[str, Any]) -> Compi
         errors.append(FieldError("spec.aws.transitiveTags", "lists a tag twice"))
     if model.issuer is not None:
         try:
-            check_url(model.issuer, what="issuer")
-            if model.issuer.endswith("/"):
-                raise ValueError("issuer must not end with '/' (it must equal the token's iss exactly)")
+            check_issuer(model.issuer)
         except ValueError as exc:
             errors.append(FieldError("spec.issuer", str(exc)))
 

@@ -45,6 +45,14 @@ def check_url(url: str, *, allow_http: bool = False, what: str = "URL") -> str:
     return url
 
 
+def check_issuer(url: str, *, allow_http: bool = False, what: str = "issuer") -> str:
+    """check_url, and no trailing '/': an issuer must equal the tokens' iss exactly."""
+    check_url(url, allow_http=allow_http, what=what)
+    if url.endswith("/"):
+        raise ValueError(f"{what} must not end with '/' (it must equal the token's iss exactly)")
+    return url
+
+
 class GitLabInstance(_Model):
     """One trusted GitLab instance."""
 
@@ -75,9 +83,7 @@ class GitLabInstance(_Model):
 
     @model_validator(mode="after")
     def _urls(self) -> GitLabInstance:
-        if self.issuer.endswith("/"):
-            raise ValueError("issuer must not end with '/' (it must equal the iss claim exactly)")
-        check_url(self.issuer, allow_http=self.allow_insecure_http, what="gitlab issuer")
+        check_issuer(self.issuer, allow_http=self.allow_insecure_http, what="gitlab issuer")
         if self.jwks_uri:
             check_url(self.jwks_uri, allow_http=self.allow_insecure_http, what="jwksUri")
         if self.pinned_at is not None:
@@ -239,9 +245,7 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        check_url(self.issuer, what="issuer")
-        if self.issuer.endswith("/"):
-            raise ValueError("issuer must not end with '/'")
+        check_issuer(self.issuer)
         if urlsplit(self.issuer).port is not None and not _is_loopback(urlsplit(self.issuer).hostname):
             raise ValueError("issuer must not carry a port (AWS IAM OIDC providers reject one)")
         seen: set[str] = set()

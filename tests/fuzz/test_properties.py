@@ -139,7 +139,8 @@ def test_binding_compile_and_evaluate_never_crash(section: str | None, value: An
     assert isinstance(binding, CompiledBinding)
     failure = binding.evaluate(claims)
     assert failure is None or isinstance(failure, RuleFailure)
-    failure = binding.evaluate(job_claims(GITLAB, STS, **claims))
+    # Merged, not passed as keywords: the drawn names include job_claims' own parameters (iss, aud).
+    failure = binding.evaluate({**job_claims(GITLAB, STS), **claims})
     assert failure is None or isinstance(failure, RuleFailure)
 
 
