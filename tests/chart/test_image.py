@@ -25,12 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gitlab_sts.core.keys import development_ring, render_keyring
+from gitlab_sts.testing.tls import write_self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "image-test"
@@ -166,23 +163,6 @@ def test_installed_venv_has_both_programs_and_the_conf_where_the_dockerfile_says
     assert not (venv / "bin" / "pytest").exists()
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    crt, pem = directory / "tls.crt", directory / "tls.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    return crt, pem
-
-
 def _get(url: str, ctx: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:  # noqa: S310 - loopback only
@@ -236,7 +216,7 @@ def test_service_entrypoint_serves_https_from_the_chart_layout(venv: Path, tmp_p
     for manifest in (ROOT / "examples/bindings").glob("*.yaml"):
         shutil.copy(manifest, etc / "bindings" / manifest.name)
     (etc / "keys/keyset.json").write_text(render_keyring(development_ring(dt.datetime.now(dt.UTC))))
-    crt, key = _self_signed(etc / "tls")
+    crt, key = write_self_signed(etc / "tls/tls.crt", etc / "tls/tls.key", "localhost")
     port = _free_port()
     env = _image_env(venv) | {
         "GITLAB_STS_CONFIG_DIR": str(etc),
@@ -270,7 +250,7 @@ def test_service_entrypoint_serves_https_from_the_chart_layout(venv: Path, tmp_p
     before = ssl.get_server_certificate(("127.0.0.1", port))
     renewed = tmp_path / "renewed"
     renewed.mkdir()
-    new_crt, new_key = _self_signed(renewed)
+    new_crt, new_key = write_self_signed(renewed / "tls.crt", renewed / "tls.key", "localhost")
     os.replace(new_key, key)
     os.replace(new_crt, crt)
     after = ssl.get_server_certificate(("127.0.0.1", port))
