@@ -7,14 +7,11 @@ ignore proxy variables, and are cached for a configurable time.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import re
 import ssl
 import threading
 import time
-import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +21,8 @@ from typing import Any
 from joserfc import jwk, jws
 from joserfc.errors import JoseError
 
+from gitlab_sts.core.jwtparse import b64url_decode
+from gitlab_sts.core.tags import MAX_KEY, MAX_TAGS, sanitise_source_identity, sanitise_value
 from gitlab_sts.testing.sts_config import Provider, StsConfigError, check_fetch_url
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -36,7 +35,6 @@ NOT_VALIDATED = ("The web identity token that was passed could not be validated 
                  "token from the identity provider and then retry the request.")
 MAX_DOCUMENT_BYTES = 1 << 20
 FUTURE_SKEW = 300  # seconds of tolerance on iat/nbf in the future (AWS's own value is undocumented)
-_SOURCE_IDENTITY = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
 
 
 class StsFault(Exception):
@@ -145,9 +143,8 @@ class KeyFetcher:
 
 
 def _segment(part: str) -> dict[str, Any]:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", part):
-        raise ValueError("not base64url")
-    value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    # Plain json.loads, not core.jwtparse.strict_json_object: duplicate members are not refused here.
+    value = json.loads(b64url_decode(part))
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value
@@ -172,10 +169,6 @@ def _pick_key(keys: list[dict[str, Any]], kid: Any, alg: str) -> dict[str, Any]:
     return key
 
 
-def _tag_char_ok(c: str) -> bool:
-    return c in "_.:/=+-@" or unicodedata.category(c)[0] in ("L", "Z", "N")
-
-
 def parse_session_tags(value: Any) -> tuple[dict[str, str], tuple[str, ...]]:
     """Check the https://aws.amazon.com/tags claim; return (tags, transitive keys) or raise."""
     if not isinstance(value, dict) or set(value) - {"principal_tags", "transitive_tag_keys"}:
@@ -184,12 +177,13 @@ def parse_session_tags(value: Any) -> tuple[dict[str, str], tuple[str, ...]]:
     principal = value.get("principal_tags")
     if not isinstance(principal, dict):
         raise invalid("Session tags claim must hold a principal_tags object", "no principal_tags")
-    if len(principal) > 50:
+    if len(principal) > MAX_TAGS:
         raise invalid("Session tags exceed the limit of 50 tags", f"{len(principal)} tags")
     tags: dict[str, str] = {}
     seen: set[str] = set()
     for key, values in principal.items():
-        if not 1 <= len(key) <= 128 or not all(_tag_char_ok(c) for c in key):
+        # sanitise_value(x) == x: x has at most 256 characters, all of them allowed in tags.
+        if not 1 <= len(key) <= MAX_KEY or sanitise_value(key) != key:
             raise invalid("Session tag keys must be 1-128 characters of [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]",
                           f"bad tag key {key!r}")
         if key.lower().startswith("aws:"):
@@ -200,7 +194,7 @@ def parse_session_tags(value: Any) -> tuple[dict[str, str], tuple[str, ...]]:
         # AWS's documented form is a one-element array of strings; multivalued tags do not exist.
         if not (isinstance(values, list) and len(values) == 1 and isinstance(values[0], str)):
             raise invalid("Session tag values must be a single-element array of strings", f"tag {key!r}")
-        if len(values[0]) > 256 or not all(_tag_char_ok(c) for c in values[0]):
+        if sanitise_value(values[0]) != values[0]:
             raise invalid("Session tag values must be at most 256 characters of [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]",
                           f"bad value for tag {key!r}")
         tags[key] = values[0]
@@ -260,7 +254,7 @@ def validate_token(token: str, *, account: str, find_provider: Callable[[str, st
         tags, transitive = parse_session_tags(claims[TAGS_CLAIM])
     source_identity = claims.get(SOURCE_IDENTITY_CLAIM)
     if source_identity is not None and (
-            not isinstance(source_identity, str) or not _SOURCE_IDENTITY.match(source_identity)):
+            not isinstance(source_identity, str) or sanitise_source_identity(source_identity) != source_identity):
         raise invalid("Source identity must be 2-64 characters of [\\w+=,.@-]", "bad source identity")
     return ValidToken(provider=provider, subject=subject, audience=audience, claims=claims, tags=tags,
                       transitive_tag_keys=transitive, source_identity=source_identity)
