@@ -24,9 +24,8 @@ BENCH = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gitlab_sts.demo import exchange_form  # noqa: E402
 from tests.service.harness import (  # noqa: E402
-    GRANT,
-    JWT_TYPE,
     FakeGitLabProcess,
     Service,
     start_service,
@@ -78,7 +77,7 @@ def ensure_wrk() -> str | None:
 
 def token_form(token: str) -> str:
     """The urlencoded RFC 8693 form for a token."""
-    return urllib.parse.urlencode({"grant_type": GRANT, "subject_token": token, "subject_token_type": JWT_TYPE})
+    return urllib.parse.urlencode(exchange_form(token))
 
 
 def wrk_run(name: str, url: str, *, connections: int, seconds: float, threads: int = 2,

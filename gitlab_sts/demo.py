@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import statistics
@@ -17,14 +16,13 @@ from typing import Any
 
 from gitlab_sts.core.bindingdoc import load_bindings_dir
 from gitlab_sts.core.bindings import subject_for
+from gitlab_sts.core.exchange import GRANT_TYPE, ISSUED_TOKEN_TYPE
+from gitlab_sts.core.jwtparse import b64url_decode
 from gitlab_sts.core.trustpolicy import trust_policy
 from gitlab_sts.localserver import free_port, service_env, start_gunicorn, wait_ready
 from gitlab_sts.testing import gitlab
 from gitlab_sts.testing.sts import RunningSts, start_local_sts
 from gitlab_sts.testing.sts_config import parse_config
-
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 
 def _step(n: int, title: str) -> None:
@@ -50,16 +48,12 @@ def _job_token(issuer: str, audience: str, **claims: Any) -> str:
 
 def _decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     head, payload, _ = token.split(".")
-    return json.loads(_unpad(head)), json.loads(_unpad(payload))
-
-
-def _unpad(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return json.loads(b64url_decode(head)), json.loads(b64url_decode(payload))
 
 
 def exchange_form(token: str, **extra: str) -> dict[str, str]:
     """The RFC 8693 form for a GitLab ID token."""
-    return {"grant_type": GRANT, "subject_token": token, "subject_token_type": JWT_TYPE, **extra}
+    return {"grant_type": GRANT_TYPE, "subject_token": token, "subject_token_type": ISSUED_TOKEN_TYPE, **extra}
 
 
 def _sts_accounts(bindings: Path, issuer: str) -> dict[str, Any]:
