@@ -9,7 +9,6 @@ counting from the last copy's fetchedAt.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from gitlab_sts.core.pinnedjwks import MAX_JWKS_BYTES, PinnedCopy, file_name, pa
 from gitlab_sts.core.settings import GitLabInstance, Settings
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import TRANSIENT, ApiError, KubeClient, path_for
-from gitlab_sts.operator.statusmap import put_status_key
+from gitlab_sts.operator.statusmap import StatusKey
 
 log = logging.getLogger("gitlab_sts.operator.pinned")
 
@@ -107,9 +106,10 @@ class PinnedRefresher:
     configmap: str
     status_configmap: str
     sources: dict[str, SourceState] = field(default_factory=dict)
-    written_status: str | None = None
+    _status: StatusKey = field(init=False)
 
     def __post_init__(self) -> None:
+        self._status = StatusKey(self.client, self.namespace, self.status_configmap, STATUS_KEY)
         for inst in instances_with_source(self.settings):
             assert inst.pinned_jwks_source is not None
             self.sources[inst.issuer] = SourceState(inst.issuer, inst.pinned_jwks_source)
@@ -204,11 +204,7 @@ class PinnedRefresher:
 
     async def write_status(self) -> None:
         """Put pinned-jwks.json into the status ConfigMap when it changed (best effort)."""
-        text = json.dumps(self.status(), indent=2, sort_keys=True) + "\n"
-        if text == self.written_status:
-            return
-        if await put_status_key(self.client, self.namespace, self.status_configmap, STATUS_KEY, text):
-            self.written_status = text
+        await self._status.write(self.status())
 
 
 def _held_copy(text: Any, issuer: str) -> PinnedCopy | None:

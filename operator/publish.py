@@ -33,7 +33,7 @@ from gitlab_sts.core.publishing import (
 from gitlab_sts.core.settings import S3Publish, Settings
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
-from gitlab_sts.operator.statusmap import put_status_key
+from gitlab_sts.operator.statusmap import StatusKey
 
 log = logging.getLogger("gitlab_sts.operator.publish")
 STATUS_KEY = "publish.json"
@@ -131,7 +131,10 @@ class Publisher:
     last_upload: datetime | None = None
     last_verified: datetime | None = None
     published_jwks: dict[str, Any] | None = None
-    written_status: str | None = None
+    _status: StatusKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._status = StatusKey(self.client, self.namespace, self.status_configmap, STATUS_KEY)
 
     @property
     def target(self) -> S3Publish | None:
@@ -262,11 +265,7 @@ class Publisher:
 
     async def write_status(self, ring: KeyRing | None, now: datetime) -> None:
         """Create or update the status ConfigMap when its content changed (best effort)."""
-        text = json.dumps(self.status(ring, now), indent=2, sort_keys=True) + "\n"
-        if text == self.written_status:
-            return
-        if await put_status_key(self.client, self.namespace, self.status_configmap, STATUS_KEY, text):
-            self.written_status = text
+        await self._status.write(self.status(ring, now))
 
 
 def publisher_for(settings: Settings, policy: RotationPolicy, client: KubeClient, namespace: str,

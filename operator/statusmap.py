@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from gitlab_sts.operator.kube import TRANSIENT, KubeClient, path_for
 
@@ -29,3 +32,17 @@ async def put_status_key(client: KubeClient, namespace: str, configmap: str, key
         log.warning("cannot write %s of the status ConfigMap: %s", key, exc)
         return False
     return True
+
+
+class StatusKey:
+    """One key of the status ConfigMap, holding a JSON document; written only when it changed since the last write."""
+
+    def __init__(self, client: KubeClient, namespace: str, configmap: str, key: str) -> None:
+        self._where = (client, namespace, configmap, key)
+        self.written: str | None = None
+
+    async def write(self, doc: Mapping[str, Any]) -> None:
+        """Put doc when it differs from what was last written (best effort: a failure is retried next time)."""
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        if text != self.written and await put_status_key(*self._where, text):
+            self.written = text
