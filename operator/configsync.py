@@ -109,12 +109,13 @@ class ConfigWriter:
             self.written_digest = digest
             self.writes += 1
             size = sum(len(v) for v in data.values()) + sum(len(v) for v in binary.values())
+            bindings = self._memo.counts()[0]
             metrics.CONFIG_WRITES.labels(result="written").inc()
             metrics.CONFIG_BYTES.set(size)
-            metrics.CONFIG_BINDINGS.set(self._memo.counts()[0])
+            metrics.CONFIG_BINDINGS.set(bindings)
             metrics.CONFIG_WRITE_SECONDS.observe(time.perf_counter() - started)
             log.info("wrote bindings ConfigMap %s/%s: %d bindings, %d bytes, sha256 %s%s", self._namespace,
-                     self._name, self._memo.counts()[0], size, digest[:12], " (gzip)" if binary else "")
+                     self._name, bindings, size, digest[:12], " (gzip)" if binary else "")
             return True
         raise ApiError(409, "Conflict", "the bindings ConfigMap kept changing under us")
 

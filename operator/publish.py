@@ -160,13 +160,16 @@ class Publisher:
             doc = json.loads(((cm or {}).get("data") or {}).get(STATUS_KEY) or "{}")
         except ValueError:
             return
-        since = (doc.get("s3") or {}).get("publishedSince") if isinstance(doc, dict) else None
+        s3 = doc.get("s3") if isinstance(doc, dict) else None
+        if not isinstance(s3, dict):
+            return
+        since = s3.get("publishedSince")
         if isinstance(since, dict):
             for kid, stamp in since.items():
                 parsed = _parse_ts(stamp)
                 if isinstance(kid, str) and parsed is not None:
                     self.since[kid] = parsed
-        self.last_upload = _parse_ts((doc.get("s3") or {}).get("lastUploadAt")) if isinstance(doc, dict) else None
+        self.last_upload = _parse_ts(s3.get("lastUploadAt"))
 
     async def _read_jwks(self, store: ObjectStore, target: S3Publish) -> tuple[bytes | None, dict[str, Any] | None]:
         raw = await asyncio.to_thread(store.get, target.key(JWKS))
