@@ -51,21 +51,23 @@ class Helm:
             args += ["--set-json" if v.startswith(("{", "[")) else "--set", f"{k}={v}"]
         return args
 
+    def _template(self, files: Iterable[Path], sets: dict[str, str] | None, *, release: str = RELEASE,
+                  namespace: str = NAMESPACE, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("template", release, str(tools.CHART), "--namespace", namespace,
+                        *self._value_args(files, sets), check=check)
+
     def template(self, *files: Path, sets: dict[str, str] | None = None, release: str = RELEASE,
                  namespace: str = NAMESPACE) -> list[dict[str, Any]]:
         """Rendered objects (empty documents dropped)."""
-        out = self.run("template", release, str(tools.CHART), "--namespace", namespace,
-                       *self._value_args(files, sets)).stdout
+        out = self._template(files, sets, release=release, namespace=namespace).stdout
         return [d for d in yaml.safe_load_all(out) if d]
 
     def template_text(self, *files: Path, sets: dict[str, str] | None = None) -> str:
-        return self.run("template", RELEASE, str(tools.CHART), "--namespace", NAMESPACE,
-                        *self._value_args(files, sets)).stdout
+        return self._template(files, sets).stdout
 
     def error(self, *files: Path, sets: dict[str, str] | None = None) -> str:
         """The error helm prints for values it must refuse."""
-        proc = self.run("template", RELEASE, str(tools.CHART), "--namespace", NAMESPACE,
-                        *self._value_args(files, sets), check=False)
+        proc = self._template(files, sets, check=False)
         assert proc.returncode != 0, "helm accepted values it should refuse"
         return proc.stderr
 
