@@ -104,9 +104,7 @@ def _say(message: str) -> None:
 def _transient_reason(exc: BaseException) -> str | None:
     """Why a transport failure is worth retrying, or None if it is not (TLS trust problems)."""
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, ssl.SSLCertVerificationError):
-        return None
-    if isinstance(reason, ssl.SSLError):
+    if isinstance(reason, ssl.SSLError):  # SSLCertVerificationError included
         return None
     return str(reason) or type(reason).__name__
 
