@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from gitlab_sts.core.bindings import BindingIndex
 from gitlab_sts.core.errors import ExchangeError, InvalidRequest, TemporarilyUnavailable
-from gitlab_sts.core.exchange import ISSUED_TOKEN_TYPE, ExchangeRequest, decide, explain, parse_form
+from gitlab_sts.core.exchange import ISSUED_TOKEN_TYPE, Decision, ExchangeRequest, decide, explain, parse_form
+from gitlab_sts.core.keys import KeyRing
 from gitlab_sts.core.mint import MintedToken, mint
 from gitlab_sts.core.publishing import discovery_document
 from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore, check_first_use
@@ -140,17 +143,20 @@ def _error_response(exc: ExchangeError) -> Response:
     return response
 
 
-def _require_ready(svc: Service) -> Snapshot:
+@dataclass(frozen=True)
+class Ready:
+    """The snapshot one request uses, with everything an exchange needs present."""
+
+    settings: Settings
+    index: BindingIndex
+    keys: KeyRing
+
+
+def _require_ready(svc: Service) -> Ready:
     snap = svc.snapshot()
     if snap.settings is None or snap.index is None or snap.keys is None:
         raise TemporarilyUnavailable("the service is not configured yet", reason="not_ready")
-    return snap
-
-
-def _verify(svc: Service, snap: Snapshot, form_request: ExchangeRequest) -> VerifiedToken:
-    assert snap.settings is not None
-    return verify_gitlab_token(form_request.subject_token, settings=snap.settings, keys=svc.jwks,
-                               now=svc.clock())
+    return Ready(snap.settings, snap.index, snap.keys)
 
 
 def _form() -> dict[str, list[str]]:
@@ -159,27 +165,61 @@ def _form() -> dict[str, list[str]]:
     return {k: request.form.getlist(k) for k in request.form}
 
 
-def exchange_token(svc: Service, endpoint: str) -> tuple[ExchangeRequest, VerifiedToken, MintedToken, Any]:
-    """Verify, decide and mint; shared by /v1/token and /v1/credentials."""
-    snap = _require_ready(svc)
-    assert snap.settings is not None and snap.index is not None and snap.keys is not None
-    form_request = parse_form(_form(), max_token_bytes=snap.settings.tokens.max_token_bytes)
+def _verified_request(svc: Service) -> tuple[Ready, ExchangeRequest, VerifiedToken]:
+    """Parse the RFC 8693 form and verify its GitLab token against one consistent snapshot."""
+    ready = _require_ready(svc)
+    form_request = parse_form(_form(), max_token_bytes=ready.settings.tokens.max_token_bytes)
     g.token = form_request.subject_token
-    verified = _verify(svc, snap, form_request)
+    verified = verify_gitlab_token(form_request.subject_token, settings=ready.settings, keys=svc.jwks,
+                                   now=svc.clock())
     g.claims = verified.claims
-    decision = decide(verified, snap.index, snap.settings, form_request)
+    return ready, form_request, verified
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A completed exchange: the snapshot used, the verified GitLab token, the decision and the minted token."""
+
+    ready: Ready
+    verified: VerifiedToken
+    decision: Decision
+    minted: MintedToken
+
+
+def exchange_token(svc: Service) -> Exchange:
+    """Verify, decide and mint; shared by /v1/token and /v1/credentials."""
+    ready, form_request, verified = _verified_request(svc)
+    decision = decide(verified, ready.index, ready.settings, form_request)
     g.binding, g.role_arn = decision.binding.key, decision.grant.role_arn
     now = svc.now()
-    key = snap.keys.signing_key(now)
+    key = ready.keys.signing_key(now)
     if key is None:
         raise TemporarilyUnavailable("no signing key is active; the operator must rotate keys",
                                      reason="no_signing_key")
-    if snap.settings.tokens.replay_protection:
+    if ready.settings.tokens.replay_protection:
         # Last check before signing, so a refused request (wrong resource, no key) does not use the token up.
-        check_first_use(svc.replay, verified, now=svc.clock(), leeway=snap.settings.tokens.leeway)
-    minted = mint(decision.grant, issuer=snap.settings.issuer, source_exp=int(verified.claims["exp"]),
+        check_first_use(svc.replay, verified, now=svc.clock(), leeway=ready.settings.tokens.leeway)
+    minted = mint(decision.grant, issuer=ready.settings.issuer, source_exp=int(verified.claims["exp"]),
                   key=key, now=now, outlive_source=decision.binding.spec.aws.outlive_source_token)
-    return form_request, verified, minted, decision
+    return Exchange(ready, verified, decision, minted)
+
+
+def _record_success(endpoint: str, result: str, verified: VerifiedToken, ex: Exchange | None = None) -> None:
+    """The metrics and the audit line of a request that succeeded."""
+    metrics.EXCHANGES.labels(endpoint=endpoint, result=result, reason="ok").inc()
+    metrics.LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - g.started)
+    if ex is None:
+        audit(endpoint=endpoint, result=result, reason="ok", token=g.token, claims=verified.claims)
+    else:
+        audit(endpoint=endpoint, result=result, reason="ok", token=g.token, claims=verified.claims,
+              binding=ex.decision.binding.key, role_arn=ex.decision.grant.role_arn, jti=ex.minted.jti,
+              kid=ex.minted.kid)
+
+
+def _no_store(body: dict[str, Any]) -> Response:
+    response = jsonify(body)
+    response.headers.update(NO_STORE)
+    return response
 
 
 def _duration(form: dict[str, list[str]]) -> int | None:
@@ -247,67 +287,44 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
 
     @app.post("/v1/token")
     def token() -> Response:
-        svc = _service()
-        _, verified, minted, decision = exchange_token(svc, "/v1/token")
-        metrics.EXCHANGES.labels(endpoint="/v1/token", result="issued", reason="ok").inc()
-        metrics.LATENCY.labels(endpoint="/v1/token").observe(time.perf_counter() - g.started)
-        audit(endpoint="/v1/token", result="issued", reason="ok", token=g.token, claims=verified.claims,
-              binding=decision.binding.key, role_arn=decision.grant.role_arn, jti=minted.jti, kid=minted.kid)
-        body = {
-            "access_token": minted.token, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "N_A",
-            "expires_in": minted.expires_in, "role_arn": decision.grant.role_arn,
-            "binding": decision.binding.key, "subject": decision.grant.subject,
-            "role_session_name": role_session_name(verified.claims),
-        }
-        response = jsonify(body)
-        response.headers.update(NO_STORE)
-        return response
+        ex = exchange_token(_service())
+        _record_success("/v1/token", "issued", ex.verified, ex)
+        return _no_store({
+            "access_token": ex.minted.token, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "N_A",
+            "expires_in": ex.minted.expires_in, "role_arn": ex.decision.grant.role_arn,
+            "binding": ex.decision.binding.key, "subject": ex.decision.grant.subject,
+            "role_session_name": role_session_name(ex.verified.claims),
+        })
 
     @app.post("/v1/credentials")
     def credentials() -> Response:
         svc = _service()
         duration = _duration(_form())
-        _, verified, minted, decision = exchange_token(svc, "/v1/credentials")
-        snap = svc.snapshot()
-        assert snap.settings is not None
-        role = decision.grant.role_arn
-        session = role_session_name(verified.claims)
+        ex = exchange_token(svc)
+        settings, binding, role = ex.ready.settings, ex.decision.binding, ex.decision.grant.role_arn
+        session = role_session_name(ex.verified.claims)
         try:
-            creds = svc.sts(snap.settings.sts).assume_role_with_web_identity(role, minted.token, session, duration)
+            creds = svc.sts(settings.sts).assume_role_with_web_identity(role, ex.minted.token, session, duration)
         except StsError as exc:
             metrics.STS_CALLS.labels(result=exc.code).inc()
             error = exc.exchange_error(role)
             if exc.code == "AccessDenied":
                 # The one thing a role owner needs to fix it: the exact trust policy for this binding.
-                error.details["trust_policy"] = trust_policy(decision.binding, snap.settings.issuer,
-                                                             snap.settings.tokens.audience)
-            error.details.update(binding=decision.binding.key, role_arn=role)
+                error.details["trust_policy"] = trust_policy(binding, settings.issuer, settings.tokens.audience)
+            error.details.update(binding=binding.key, role_arn=role)
             raise error from None
         metrics.STS_CALLS.labels(result="ok").inc()
-        metrics.EXCHANGES.labels(endpoint="/v1/credentials", result="issued", reason="ok").inc()
-        metrics.LATENCY.labels(endpoint="/v1/credentials").observe(time.perf_counter() - g.started)
-        audit(endpoint="/v1/credentials", result="issued", reason="ok", token=g.token, claims=verified.claims,
-              binding=decision.binding.key, role_arn=role, jti=minted.jti, kid=minted.kid)
-        response = jsonify(creds.credential_process())
-        response.headers.update(NO_STORE)
-        return response
+        _record_success("/v1/credentials", "issued", ex.verified, ex)
+        return _no_store(creds.credential_process())
 
     @app.post("/v1/explain")
     def explain_route() -> Response:
-        svc = _service()
-        snap = _require_ready(svc)
-        assert snap.settings is not None and snap.index is not None
-        form_request = parse_form(_form(), max_token_bytes=snap.settings.tokens.max_token_bytes)
-        g.token = form_request.subject_token
-        verified = _verify(svc, snap, form_request)
-        rows = explain(verified, snap.index, snap.settings)
-        metrics.EXCHANGES.labels(endpoint="/v1/explain", result="explained", reason="ok").inc()
-        audit(endpoint="/v1/explain", result="explained", reason="ok", token=g.token, claims=verified.claims)
+        ready, _, verified = _verified_request(_service())
+        rows = explain(verified, ready.index, ready.settings)
+        _record_success("/v1/explain", "explained", verified)
         claims = verified.claims
-        response = jsonify({"project_path": claims.get("project_path"), "project_id": claims.get("project_id"),
-                            "bindings": rows})
-        response.headers.update(NO_STORE)
-        return response
+        return _no_store({"project_path": claims.get("project_path"), "project_id": claims.get("project_id"),
+                          "bindings": rows})
 
     @app.get("/.well-known/openid-configuration")
     def discovery() -> Response:
