@@ -11,6 +11,7 @@ from typing import Any
 from joserfc.jwk import ECKey, RSAKey
 
 from gitlab_sts.core.errors import ConfigError
+from gitlab_sts.core.timefmt import rfc3339
 
 KEYSET_FILE = "keyset.json"
 # AWS caches JWKS for an undocumented time; a key must be published this long before it signs.
@@ -20,11 +21,7 @@ _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 SigningKey = RSAKey | ECKey
 
 
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_ts(value: Any, what: str) -> datetime:
+def _parserfc3339(value: Any, what: str) -> datetime:
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be an RFC 3339 timestamp string")
     try:
@@ -149,10 +146,10 @@ def parse_keyring(text: str, source: str = KEYSET_FILE) -> KeyRing:
         key = _import(entry["jwk"], what)
         managed = ManagedKey(
             key,
-            _parse_ts(entry.get("createdAt"), f"{what}.createdAt"),
-            _parse_ts(entry.get("activateAt"), f"{what}.activateAt"),
-            _parse_ts(entry.get("retireAt"), f"{what}.retireAt"),
-            _parse_ts(entry.get("removeAt"), f"{what}.removeAt"),
+            _parserfc3339(entry.get("createdAt"), f"{what}.createdAt"),
+            _parserfc3339(entry.get("activateAt"), f"{what}.activateAt"),
+            _parserfc3339(entry.get("retireAt"), f"{what}.retireAt"),
+            _parserfc3339(entry.get("removeAt"), f"{what}.removeAt"),
         )
         if not managed.created_at <= managed.activate_at <= managed.retire_at <= managed.remove_at:
             raise ConfigError(f"{what}: needs createdAt <= activateAt <= retireAt <= removeAt")
@@ -170,8 +167,8 @@ def render_keyring(ring: KeyRing) -> str:
         jwk = k.key.as_dict(private=True)
         jwk.update(kid=k.kid, alg=k.alg, use="sig")
         entries.append({
-            "jwk": jwk, "createdAt": _ts(k.created_at), "activateAt": _ts(k.activate_at),
-            "retireAt": _ts(k.retire_at), "removeAt": _ts(k.remove_at),
+            "jwk": jwk, "createdAt": rfc3339(k.created_at), "activateAt": rfc3339(k.activate_at),
+            "retireAt": rfc3339(k.retire_at), "removeAt": rfc3339(k.remove_at),
         })
     return json.dumps({"keys": entries}, sort_keys=True, indent=2) + "\n"
 

@@ -12,13 +12,14 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from joserfc.jwk import KeySet
 
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.settings import GitLabInstance, Settings
+from gitlab_sts.core.timefmt import rfc3339
 
 # The ConfigMap the operator writes (the chart mounts it in the service pods).
 CONFIGMAP = "gitlab-sts-pinned-jwks"
@@ -80,13 +81,9 @@ def parse_jwks_bytes(body: bytes) -> dict[str, Any]:
     return check_public_jwks(document)
 
 
-def _timestamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def render_copy(copy: PinnedCopy) -> str:
     """The file content: {"issuer", "fetchedAt", "jwks"}, stable for equal input."""
-    return json.dumps({"issuer": copy.issuer, "fetchedAt": _timestamp(copy.fetched_at), "jwks": copy.jwks},
+    return json.dumps({"issuer": copy.issuer, "fetchedAt": rfc3339(copy.fetched_at), "jwks": copy.jwks},
                       sort_keys=True, separators=(",", ":")) + "\n"
 
 

@@ -13,6 +13,7 @@ from gitlab_sts.core.bindings import API_VERSION, KIND, CompiledBinding, Project
 from gitlab_sts.core.errors import CompileError
 from gitlab_sts.core.guard import Guard
 from gitlab_sts.core.settings import Settings
+from gitlab_sts.core.timefmt import rfc3339
 from gitlab_sts.core.trustpolicy import trust_policy
 
 READY = "Ready"
@@ -124,10 +125,6 @@ def evaluate(namespace: str, name: str, spec: Any, generation: int, ctx: Context
                              "(see status.trustPolicy)", compiled, policy)
 
 
-def _timestamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _ready_condition(status: Any) -> Mapping[str, Any] | None:
     if not isinstance(status, Mapping):
         return None
@@ -146,7 +143,7 @@ def desired_status(ev: Evaluation, current: Any, now: datetime) -> dict[str, Any
         "observedGeneration": ev.generation,
         "conditions": [{
             "type": READY, "status": flag, "reason": ev.reason, "message": ev.message,
-            "observedGeneration": ev.generation, "lastTransitionTime": since or _timestamp(now),
+            "observedGeneration": ev.generation, "lastTransitionTime": since or rfc3339(now),
         }],
         "subject": ev.subject,
         "project": ev.project,
@@ -177,7 +174,7 @@ def rejected_anew(ev: Evaluation, current: Any) -> bool:
 def rejection_event(obj: Mapping[str, Any], ev: Evaluation, now: datetime, component: str) -> dict[str, Any]:
     """A core/v1 Event (type Warning) telling why a binding was refused."""
     meta = obj.get("metadata") or {}
-    stamp = _timestamp(now)
+    stamp = rfc3339(now)
     uid = str(meta.get("uid") or "")
     suffix = hashlib.sha256(f"{uid}{ev.generation}{ev.message}{stamp}".encode()).hexdigest()[:10]
     return {

@@ -20,6 +20,7 @@ import aiohttp
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.pinnedjwks import MAX_JWKS_BYTES, PinnedCopy, file_name, parse_copy, parse_jwks_bytes, render_copy
 from gitlab_sts.core.settings import GitLabInstance, Settings
+from gitlab_sts.core.timefmt import rfc3339
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import TRANSIENT, ApiError, KubeClient, path_for
 from gitlab_sts.operator.statusmap import StatusKey
@@ -61,7 +62,7 @@ class SourceState:
 
 
 def _ts(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+    return rfc3339(value) if value is not None else None
 
 
 def instances_with_source(settings: Settings) -> tuple[GitLabInstance, ...]:

@@ -31,6 +31,7 @@ from gitlab_sts.core.publishing import (
     track_published,
 )
 from gitlab_sts.core.settings import S3Publish, Settings
+from gitlab_sts.core.timefmt import rfc3339
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
 from gitlab_sts.operator.statusmap import StatusKey
@@ -100,7 +101,7 @@ def _client_error(exc: ClientError) -> str:
 
 
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else rfc3339(value)
 
 
 def _parse_ts(value: Any) -> datetime | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from gitlab_sts.core.keys import RotationPolicy, generate_key
 from gitlab_sts.core.settings import Settings
+from gitlab_sts.core.timefmt import rfc3339
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import ConfigWriter
@@ -71,7 +72,7 @@ class Runtime:
         return outcome
 
     async def _secret_event(self, message: str, now: datetime) -> None:
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(now)
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{self.cfg.keys_secret}.", "namespace": self.cfg.namespace},

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 # boto3/botocore ship no type information; their objects are Any here.
@@ -17,6 +17,7 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from gitlab_sts.core.errors import ExchangeError, InvalidRequest, InvalidTarget, TemporarilyUnavailable
+from gitlab_sts.core.timefmt import rfc3339
 
 # Worth another try: the IdP (our own JWKS) was unreachable from STS, STS throttled us, or STS itself failed.
 RETRYABLE_CODES = frozenset({
@@ -42,7 +43,7 @@ class StsCredentials:
         """The AWS credential_process JSON answer (Version 1)."""
         return {"Version": 1, "AccessKeyId": self.access_key_id, "SecretAccessKey": self.secret_access_key,
                 "SessionToken": self.session_token,
-                "Expiration": self.expiration.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "Expiration": rfc3339(self.expiration)}
 
 
 class StsError(Exception):
