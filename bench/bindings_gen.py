@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -59,3 +61,17 @@ def write_document(directory: Path, manifests: Path) -> Path:
     raw, _ = render_document(loaded.bindings)
     (directory / DOC_FILE).write_bytes(raw)
     return directory
+
+
+def edited_document(raw: bytes, count: int | None, suffix: str = "-v2") -> bytes:
+    """The document with the role of its first `count` generated bindings renamed (all when None).
+
+    Same namespaces and names, new content: what an operator writes after users edit `count` bindings.
+    """
+    doc = json.loads(raw)
+    generated = [e for e in doc["bindings"] if e["name"].startswith("binding-")]
+    for entry in generated[:count]:
+        entry["spec"]["aws"]["roleArn"] += suffix
+    canonical = json.dumps(doc["bindings"], sort_keys=True, separators=(",", ":"))
+    doc["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
