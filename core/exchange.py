@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from gitlab_sts.core.bindings import BindingIndex, Candidate, CompiledBinding, Grant, RuleFailure
 from gitlab_sts.core.errors import InvalidRequest, InvalidTarget, UnsupportedGrantType
@@ -13,6 +14,8 @@ from gitlab_sts.core.verify import VerifiedToken
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 (a URN, not a secret)
+# An exchange form has at most 7 fields; many more is not a client of this service.
+MAX_FORM_FIELDS = 32
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,26 @@ class ExchangeRequest:
     subject_token: str
     resource: str | None = None
     audience: str | None = None
+
+
+def _unquote(text: str) -> str:
+    # A JWT is base64url and dots: nothing to decode in the common case, so skip the decoder.
+    return unquote_plus(text, errors="strict") if "%" in text or "+" in text else text
+
+
+def parse_urlencoded(body: bytes, *, max_fields: int = MAX_FORM_FIELDS) -> dict[str, list[str]]:
+    """Split an application/x-www-form-urlencoded body into its fields (UTF-8, as parse_qsl would)."""
+    try:
+        text = body.decode("utf-8")
+        pairs = [pair.partition("=") for pair in text.split("&") if pair]
+        if len(pairs) > max_fields:
+            raise InvalidRequest(f"the form has more than {max_fields} fields", reason="bad_form")
+        form: dict[str, list[str]] = {}
+        for name, _, value in pairs:
+            form.setdefault(_unquote(name), []).append(_unquote(value))
+    except UnicodeDecodeError:
+        raise InvalidRequest("the form is not valid UTF-8", reason="bad_form") from None
+    return form
 
 
 def parse_form(form: dict[str, list[str]], *, max_token_bytes: int) -> ExchangeRequest:

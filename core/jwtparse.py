@@ -20,6 +20,10 @@ class UnverifiedJWT:
 
     header: dict[str, Any]
     claims: dict[str, Any]
+    # What the signature covers (the first two segments, as sent) and the decoded signature: verification
+    # uses these, so the token is split and decoded exactly once.
+    signing_input: bytes = b""
+    signature: bytes = b""
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -36,6 +40,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+# Built once: json.loads(...) with hooks constructs a decoder on every call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_no_constants)
+
+
 def b64url_decode(segment: str) -> bytes:
     """Decode unpadded base64url, refusing any other alphabet or padding."""
     # fullmatch, not match: `$` would also match before a trailing newline, which base64 then ignores.
@@ -47,7 +55,7 @@ def b64url_decode(segment: str) -> bytes:
 def strict_json_object(raw: bytes) -> dict[str, Any]:
     """Parse UTF-8 JSON that must be an object with unique members."""
     text = raw.decode("utf-8")  # raises UnicodeDecodeError on invalid UTF-8
-    value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_constants)
+    value = _DECODER.decode(text)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -68,13 +76,15 @@ def parse_compact(token: str, *, max_bytes: int) -> UnverifiedJWT:
     try:
         header = strict_json_object(b64url_decode(parts[0]))
         claims = strict_json_object(b64url_decode(parts[1]))
-        b64url_decode(parts[2])
+        signature = b64url_decode(parts[2])
     # RecursionError: json gives up on deeply nested arrays/objects, which fit well within the size limit.
     except (ValueError, UnicodeDecodeError, binascii.Error, RecursionError) as exc:
         raise InvalidRequest(
             f"the subject_token is malformed: {_describe(exc)}", reason="malformed_token"
         ) from None
-    return UnverifiedJWT(header=header, claims=claims)
+    # The segments are base64url (checked above), hence ASCII.
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    return UnverifiedJWT(header=header, claims=claims, signing_input=signing_input, signature=signature)
 
 
 def _describe(exc: Exception) -> str:

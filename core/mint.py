@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from joserfc import jwt
-
 from gitlab_sts.core.bindings import Grant
 from gitlab_sts.core.errors import InvalidRequest
+from gitlab_sts.core.jose import sign_compact
 from gitlab_sts.core.keys import ManagedKey
 
 TAGS_CLAIM = "https://aws.amazon.com/tags"
@@ -63,7 +62,6 @@ def mint(grant: Grant, *, issuer: str, source_exp: int, key: ManagedKey, now: da
     jti = str(uuid.uuid4())
     claims = build_claims(grant, issuer=issuer, source_exp=source_exp, now=issued, jti=jti,
                           outlive_source=outlive_source)
-    header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
-    token = jwt.encode(header, claims, key.key, algorithms=[key.alg])
+    token = sign_compact(claims, key.key, key.alg, key.kid)
     return MintedToken(token=token, jti=jti, kid=key.kid, issued_at=issued,
                        expires_at=claims["exp"], claims=claims)

@@ -6,12 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from joserfc import jws
-from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from gitlab_sts.core.claims import check_types
 from gitlab_sts.core.errors import InvalidRequest
+from gitlab_sts.core.jose import verify_signature
 from gitlab_sts.core.jwtparse import parse_compact
 from gitlab_sts.core.settings import GitLabInstance, Settings
 
@@ -110,10 +109,8 @@ def verify_gitlab_token(
             "token is signed with a key the GitLab instance does not publish", reason="unknown_kid"
         )
 
-    try:
-        jws.deserialize_compact(token, key, algorithms=[alg])
-    except (JoseError, ValueError):
-        raise InvalidRequest("token signature is not valid", reason="bad_signature") from None
+    if not verify_signature(parsed, key, alg):
+        raise InvalidRequest("token signature is not valid", reason="bad_signature")
 
     claims = unverified
     if legacy:

@@ -45,6 +45,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger("gitlab_sts")
     if any(getattr(h, "_gitlab_sts", False) for h in root.handlers):
         return
+    # Every LogRecord otherwise looks up the thread, process and multiprocessing names; the JSON lines
+    # carry none of them, and one audit record per exchange makes that a measurable share of a request.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler._gitlab_sts = True  # type: ignore[attr-defined]
