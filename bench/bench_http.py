@@ -23,8 +23,7 @@ from common import (  # noqa: E402
     metric_sum,
     per_call,
     stack,
-    staging_token,
-    token_form,
+    staging_forms,
     wrk_run,
 )
 
@@ -103,8 +102,8 @@ def run(seconds: float = 10.0, connections: int = 16, workers: int = 2, algorith
           f"{crypto['verify_sign_per_core_per_s']:.0f}/s per core", flush=True)
     settings: dict[str, Any] = {"tokens": {"algorithm": algorithm}} if algorithm != "RS256" else {}
     with stack(workers=workers, ring=key_ring(algorithm), **settings) as svc:
-        token = staging_token(svc)
-        form = token_form(token)
+        # Each request carries another job's token: nothing per token can be reused between requests.
+        form = staging_forms(svc)
         # Warm up every worker (JWKS fetch, first-request imports) before measuring.
         wrk_run("warm-up", svc.url + "/v1/token", connections=connections, seconds=2, form=form)
         fetches_before = metric_sum(svc, "gitlab_sts_jwks_fetches_total")

@@ -81,14 +81,17 @@ def token_form(token: str) -> str:
 
 
 def wrk_run(name: str, url: str, *, connections: int, seconds: float, threads: int = 2,
-            form: str | None = None) -> LoadResult:
-    """Run wrk (GET, or POST of form) via wrk.lua and parse the JSON line the Lua script prints."""
+            form: str | list[str] | None = None) -> LoadResult:
+    """Run wrk (GET, or POST of the form(s) in turn) via wrk.lua and parse the JSON line the Lua script prints."""
+    forms = [form] if isinstance(form, str) else form
     wrk = ensure_wrk()
     if wrk is None:
-        return python_load(name, url, connections=connections, seconds=seconds, form=form)
-    env = {k: v for k, v in os.environ.items() if k != "GITLAB_STS_BENCH_FORM"}  # wrk.lua POSTs when it is set
-    if form is not None:
-        env["GITLAB_STS_BENCH_FORM"] = form
+        return python_load(name, url, connections=connections, seconds=seconds, forms=forms)
+    # wrk.lua POSTs when GITLAB_STS_BENCH_FORMS is set.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITLAB_STS_BENCH_FORM")}
+    if forms:
+        env["GITLAB_STS_BENCH_FORMS"] = str(len(forms))
+        env.update({f"GITLAB_STS_BENCH_FORM_{i}": f for i, f in enumerate(forms, 1)})
     cmd = [wrk, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
            "-s", str(BENCH / "wrk.lua"), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -100,7 +103,8 @@ def wrk_run(name: str, url: str, *, connections: int, seconds: float, threads: i
                       "wrk")
 
 
-def python_load(name: str, url: str, *, connections: int, seconds: float, form: str | None = None) -> LoadResult:
+def python_load(name: str, url: str, *, connections: int, seconds: float,
+                forms: list[str] | None = None) -> LoadResult:
     """A fallback closed-loop load generator (keep-alive sessions in threads) when wrk is missing."""
     latencies: list[float] = []
     errors = 0
@@ -113,10 +117,15 @@ def python_load(name: str, url: str, *, connections: int, seconds: float, form: 
         mine: list[float] = []
         bad = 0
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        turn = 0
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             try:
-                r = session.post(url, data=form, headers=headers, timeout=10) if form else session.get(url, timeout=10)
+                if forms:
+                    turn += 1
+                    r = session.post(url, data=forms[turn % len(forms)], headers=headers, timeout=10)
+                else:
+                    r = session.get(url, timeout=10)
                 ok = r.status_code < 300
             except requests.RequestException:
                 ok = False
@@ -159,9 +168,15 @@ def stack(workers: int = 2, bindings: Path | None = None, **settings: Any) -> It
         shutil.rmtree(root, ignore_errors=True)
 
 
-def staging_token(svc: Service, lifetime: int = 3600) -> str:
+def staging_token(svc: Service, lifetime: int = 3600, job_id: int = 1001) -> str:
     """A GitLab token the example deploy-staging binding accepts."""
-    return svc.gitlab.token(svc.url, lifetime=lifetime, environment="staging", environment_protected="false")
+    return svc.gitlab.token(svc.url, lifetime=lifetime, environment="staging", environment_protected="false",
+                            job_id=str(job_id), pipeline_id=str(50_000 + job_id))
+
+
+def staging_forms(svc: Service, count: int = 64) -> list[str]:
+    """RFC 8693 forms for `count` different jobs' tokens (distinct jti, job_id, pipeline_id, signature)."""
+    return [token_form(staging_token(svc, job_id=2000 + i)) for i in range(count)]
 
 
 def metric_sum(svc: Service, name: str, **labels: str) -> float:

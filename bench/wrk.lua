@@ -1,12 +1,24 @@
 -- wrk script: report latency percentiles as one JSON line; GET by default (e.g. /healthz).
--- With GITLAB_STS_BENCH_FORM set it POSTs that RFC 8693 form (to /v1/token): the form (with the GitLab
--- token) comes from the environment so that no token is written to disk.
+-- With GITLAB_STS_BENCH_FORMS=N it POSTs the RFC 8693 forms GITLAB_STS_BENCH_FORM_1..N in turn (to /v1/token),
+-- each with a different GitLab job token, so that nothing per token can be reused between requests. The forms
+-- come from the environment so that no token is written to disk. The requests are built once per thread.
 -- Non-2xx answers count in summary.errors.status (wrk does that itself).
-local form = os.getenv("GITLAB_STS_BENCH_FORM")
-if form then
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-  wrk.body = form
+local count = tonumber(os.getenv("GITLAB_STS_BENCH_FORMS") or "0")
+local requests_ = {}
+local next_ = 0
+
+init = function(args)
+  for i = 1, count do
+    local form = os.getenv("GITLAB_STS_BENCH_FORM_" .. i)
+    requests_[i] = wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded"}, form)
+  end
+end
+
+if count > 0 then
+  request = function()
+    next_ = next_ % count + 1
+    return requests_[next_]
+  end
 end
 
 done = function(summary, latency, requests)
