@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import gzip
 import hashlib
 import json
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,13 @@ GZIP_THRESHOLD = 700 * 1024
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # libyaml nests without limit where the pure-Python parser ran out of stack; a manifest is ~6 deep.
 MAX_YAML_DEPTH = 100
+# The canonical JSON of the document's content (what its sha256 covers); one encoder for every entry.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+# The framing render_document writes around the bindings array (keys sorted, no spaces).
+_HEAD = b'{"apiVersion":"' + API_VERSION.encode() + b'","bindings":['
+_TAIL = re.compile(rb'\],"kind":"' + DOC_KIND.encode() + rb'","sha256":"([0-9a-f]{64})"\}')
+_TAIL_LENGTH = len(f'],"kind":"{DOC_KIND}","sha256":"{"0" * 64}"}}')
 
 
 def _too_deep(value: Any) -> bool:
@@ -82,6 +91,9 @@ class LoadedBindings:
     extra: dict[str, Any] = field(default_factory=dict)
     # The document exactly as read (empty for manifests): saving it avoids re-rendering 10,000 bindings.
     raw: bytes = field(default=b"", repr=False)
+    # What each document entry became, by the entry's canonical JSON: the next parse of a changed document
+    # compiles only the entries not in here (empty for manifests).
+    outcomes: Mapping[str, CompiledBinding | Rejected] = field(default_factory=dict, repr=False, compare=False)
 
 
 def normalised_spec(binding: CompiledBinding) -> dict[str, Any]:
@@ -115,42 +127,101 @@ def configmap_payload(bindings: Iterable[CompiledBinding]) -> tuple[dict[str, st
     return {}, {DOC_FILE_GZ: gzip.compress(raw, mtime=0)}, digest
 
 
-def parse_document(raw: bytes, source: str) -> LoadedBindings:
-    """Parse a bindings document, recompiling every entry (a bad one is rejected, not fatal)."""
+def parse_document(raw: bytes, source: str, previous: LoadedBindings | None = None) -> LoadedBindings:
+    """Parse a bindings document (a bad entry is rejected, not fatal), compiling only what `previous` lacks.
+
+    An entry whose canonical JSON is unchanged since `previous` keeps its compiled binding or rejection:
+    compiling is a function of that text alone, so the result is the same as a parse without `previous`.
+    """
+    if previous is not None and previous.raw and raw == previous.raw:
+        return previous if previous.source == source else dataclasses.replace(previous, source=source)
     with _collector_paused():
-        return _parse_document(raw, source)
+        return _parse_document(raw, source, previous.outcomes if previous is not None else {})
 
 
-def _parse_document(raw: bytes, source: str) -> LoadedBindings:
+def _split_rendered(raw: bytes) -> tuple[list[Any], list[str], str] | None:
+    """(entries, each entry's text as written, sha256) of a document framed as render_document writes it.
+
+    None for any other layout (spaces, other key order, anything unparsable): json.loads then reads it.
+    """
+    tail = _TAIL.fullmatch(raw, len(raw) - _TAIL_LENGTH) if len(raw) >= len(_HEAD) + _TAIL_LENGTH else None
+    if tail is None or not raw.startswith(_HEAD):
+        return None
     try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
-        raise ConfigError(f"{source}: not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND or not isinstance(doc.get("bindings"), list):
-        raise ConfigError(f"{source}: not a {DOC_KIND} document")
-    entries = doc["bindings"]
-    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    if doc.get("sha256") != digest:
+        text = raw[len(_HEAD) - 1:len(raw) - _TAIL_LENGTH + 1].decode()  # the array, brackets included
+    except UnicodeDecodeError:
+        return None
+    entries: list[Any] = []
+    written: list[str] = []
+    end, at = len(text) - 1, 1
+    while at < end:
+        try:
+            entry, stop = _DECODER.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return None
+        if stop > end or text[stop] not in ",]" or (text[stop] == "]") != (stop == end):
+            return None
+        entries.append(entry)
+        written.append(text[at:stop])
+        at = stop + 1
+    if at != end + 1 and end != 1:  # ended on "," as in "[x,]" (end == 1 is the empty "[]")
+        return None
+    return entries, written, tail.group(1).decode()
+
+
+def _parse_document(raw: bytes, source: str, known: Mapping[str, CompiledBinding | Rejected]) -> LoadedBindings:
+    claimed: object  # the sha256 the document states
+    split = _split_rendered(raw) if known else None
+    if split is not None:
+        # An entry written exactly as a known canonical text is canonical: only the others are encoded.
+        entries, written, claimed = split
+        texts = [text if text in known else _CANONICAL.encode(entry)
+                 for entry, text in zip(entries, written, strict=True)]
+    else:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
+            raise ConfigError(f"{source}: not valid JSON") from None
+        if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND or not isinstance(doc.get("bindings"), list):
+            raise ConfigError(f"{source}: not a {DOC_KIND} document")
+        entries, claimed = doc["bindings"], doc.get("sha256")
+        texts = [_CANONICAL.encode(entry) for entry in entries]
+    # The texts joined as json.dumps writes the list are what the sha256 covers; they key the outcomes too.
+    digest = hashlib.sha256(("[" + ",".join(texts) + "]").encode()).hexdigest()
+    if claimed != digest:
         raise ConfigError(f"{source}: content hash does not match (truncated or edited by hand?)")
-    good, bad = _compile_entries(entries, source)
-    return LoadedBindings(tuple(good), tuple(bad), digest, source, raw=raw)
-
-
-def _compile_entries(entries: list[Any], source: str) -> tuple[list[CompiledBinding], list[Rejected]]:
+    outcomes: dict[str, CompiledBinding | Rejected] = {}
     good: list[CompiledBinding] = []
     bad: list[Rejected] = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{source}: bindings[{i}] is not an object")
-        ns, name, spec = entry.get("namespace"), entry.get("name"), entry.get("spec")
-        if not isinstance(ns, str) or not isinstance(name, str) or not isinstance(spec, Mapping):
-            raise ConfigError(f"{source}: bindings[{i}] needs namespace, name and spec")
-        try:
-            good.append(compile_binding(ns, name, spec))
-        except CompileError as exc:
-            bad.append(Rejected(f"{ns}/{name}", str(exc)))
-    return good, bad
+    for i, (entry, text) in enumerate(zip(entries, texts, strict=True)):
+        outcome = known.get(text)
+        if outcome is None:
+            outcome = _compile_entry(entry, text, f"{source}: bindings[{i}]")
+        outcomes[text] = outcome
+        if isinstance(outcome, CompiledBinding):
+            good.append(outcome)
+        else:
+            bad.append(outcome)
+    return LoadedBindings(tuple(good), tuple(bad), digest, source, raw=raw, outcomes=outcomes)
+
+
+def _compile_entry(entry: Any, text: str, where: str) -> CompiledBinding | Rejected:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} is not an object")
+    ns, name, spec = entry.get("namespace"), entry.get("name"), entry.get("spec")
+    if not isinstance(ns, str) or not isinstance(name, str) or not isinstance(spec, Mapping):
+        raise ConfigError(f"{where} needs namespace, name and spec")
+    # A compiled binding does not depend on key order (fields are read by name), but validation names
+    # unknown fields in input order: a rejection is worded from the canonical text instead, so that reusing
+    # it does not depend on the key order of the document it was first read from.
+    try:
+        return compile_binding(ns, name, spec)
+    except CompileError:
+        pass
+    try:
+        return compile_binding(ns, name, json.loads(text)["spec"])
+    except CompileError as exc:
+        return Rejected(f"{ns}/{name}", str(exc))
 
 
 def load_manifests(paths: Iterable[Path]) -> LoadedBindings:
@@ -193,8 +264,8 @@ def _load_manifests(paths: Iterable[Path]) -> LoadedBindings:
     return LoadedBindings(tuple(good.values()), tuple(bad), hasher.hexdigest(), "manifests")
 
 
-def load_bindings_dir(directory: Path) -> LoadedBindings:
-    """Load a bindings folder: the operator's document if present, else YAML manifests."""
+def load_bindings_dir(directory: Path, previous: LoadedBindings | None = None) -> LoadedBindings:
+    """Load a bindings folder: the operator's document if present (reusing `previous`), else YAML manifests."""
     if not directory.is_dir():
         raise ConfigError(f"{directory}: bindings folder does not exist")
     gz, plain = directory / DOC_FILE_GZ, directory / DOC_FILE
@@ -204,8 +275,8 @@ def load_bindings_dir(directory: Path) -> LoadedBindings:
         # zlib.error (a corrupt deflate stream) is neither OSError nor EOFError.
         except (OSError, EOFError, zlib.error):
             raise ConfigError(f"{DOC_FILE_GZ}: not valid gzip") from None
-        return parse_document(raw, DOC_FILE_GZ)
+        return parse_document(raw, DOC_FILE_GZ, previous)
     if plain.exists():
-        return parse_document(plain.read_bytes(), DOC_FILE)
+        return parse_document(plain.read_bytes(), DOC_FILE, previous)
     files = [p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
     return load_manifests(files)
