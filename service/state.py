@@ -180,7 +180,8 @@ class ConfigState:
             self._settings = parse_settings(raw.decode(), source="last good settings.yaml")
 
     def _load_bindings(self) -> None:
-        loaded = load_bindings_dir(self.paths.bindings)
+        # Entries unchanged since the last load keep their compiled bindings: only edits are compiled.
+        loaded = load_bindings_dir(self.paths.bindings, previous=self._loaded)
         self._adopt_bindings(loaded)
         # The operator's document is saved as read; a manifests folder is rendered into one.
         self._last_good.save(DOC_FILE, loaded.raw or render_document(loaded.bindings)[0])
