@@ -196,7 +196,7 @@ def _parse_document(raw: bytes, source: str, known: Mapping[str, CompiledBinding
     for i, (entry, text) in enumerate(zip(entries, texts, strict=True)):
         outcome = known.get(text)
         if outcome is None:
-            outcome = _compile_entry(entry, text, f"{source}: bindings[{i}]")
+            outcome = _compile_entry(entry, text, source, i)
         outcomes[text] = outcome
         if isinstance(outcome, CompiledBinding):
             good.append(outcome)
@@ -205,12 +205,12 @@ def _parse_document(raw: bytes, source: str, known: Mapping[str, CompiledBinding
     return LoadedBindings(tuple(good), tuple(bad), digest, source, raw=raw, outcomes=outcomes)
 
 
-def _compile_entry(entry: Any, text: str, where: str) -> CompiledBinding | Rejected:
+def _compile_entry(entry: Any, text: str, source: str, i: int) -> CompiledBinding | Rejected:
     if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where} is not an object")
+        raise ConfigError(f"{source}: bindings[{i}] is not an object")
     ns, name, spec = entry.get("namespace"), entry.get("name"), entry.get("spec")
     if not isinstance(ns, str) or not isinstance(name, str) or not isinstance(spec, Mapping):
-        raise ConfigError(f"{where} needs namespace, name and spec")
+        raise ConfigError(f"{source}: bindings[{i}] needs namespace, name and spec")
     # A compiled binding does not depend on key order (fields are read by name), but validation names
     # unknown fields in input order: a rejection is worded from the canonical text instead, so that reusing
     # it does not depend on the key order of the document it was first read from.
