@@ -36,6 +36,7 @@ _DECODER = json.JSONDecoder()
 _HEAD = b'{"apiVersion":"' + API_VERSION.encode() + b'","bindings":['
 _TAIL = re.compile(rb'\],"kind":"' + DOC_KIND.encode() + rb'","sha256":"([0-9a-f]{64})"\}')
 _TAIL_LENGTH = len(f'],"kind":"{DOC_KIND}","sha256":"{"0" * 64}"}}')
+_ENTRY_START = '{"name":"'
 
 
 def _too_deep(value: Any) -> bool:
@@ -139,44 +140,48 @@ def parse_document(raw: bytes, source: str, previous: LoadedBindings | None = No
         return _parse_document(raw, source, previous.outcomes if previous is not None else {})
 
 
-def _split_rendered(raw: bytes) -> tuple[list[Any], list[str], str] | None:
-    """(entries, each entry's text as written, sha256) of a document framed as render_document writes it.
+def _split_rendered(raw: bytes, known: Mapping[str, object]) -> tuple[list[str], dict[int, Any], str] | None:
+    """Split a document framed as render_document writes it into entries without parsing the known ones.
 
-    None for any other layout (spaces, other key order, anything unparsable): json.loads then reads it.
+    Returns each entry's canonical JSON, the parsed new entries by position, and the stated sha256; None
+    for any other layout or anything in doubt (json.loads then reads the document the usual way).
     """
-    tail = _TAIL.fullmatch(raw, len(raw) - _TAIL_LENGTH) if len(raw) >= len(_HEAD) + _TAIL_LENGTH else None
-    if tail is None or not raw.startswith(_HEAD):
+    if len(raw) < len(_HEAD) + _TAIL_LENGTH or not raw.startswith(_HEAD):
+        return None
+    tail = _TAIL.fullmatch(raw, len(raw) - _TAIL_LENGTH)
+    if tail is None:
         return None
     try:
-        text = raw[len(_HEAD) - 1:len(raw) - _TAIL_LENGTH + 1].decode()  # the array, brackets included
+        inner = raw[len(_HEAD):len(raw) - _TAIL_LENGTH].decode()  # the array without its brackets
     except UnicodeDecodeError:
         return None
-    entries: list[Any] = []
-    written: list[str] = []
-    end, at = len(text) - 1, 1
-    while at < end:
+    # A canonical entry starts with its first key in sorted order ("name" < "namespace" < "spec"). The
+    # separator's unescaped quotes cannot occur inside a JSON string, so every cut is between values or
+    # inside one; a cut inside an entry leaves pieces that are neither known texts nor whole values.
+    pieces = inner.split("," + _ENTRY_START) if inner else []
+    pieces[1:] = [_ENTRY_START + piece for piece in pieces[1:]]
+    texts: list[str] = []
+    fresh: dict[int, Any] = {}
+    for i, piece in enumerate(pieces):
+        if piece in known:  # a known text is the canonical JSON of one whole entry
+            texts.append(piece)
+            continue
         try:
-            entry, stop = _DECODER.raw_decode(text, at)
+            entry, stop = _DECODER.raw_decode(piece)
         except (ValueError, RecursionError):
             return None
-        if stop > end or text[stop] not in ",]" or (text[stop] == "]") != (stop == end):
+        if stop != len(piece):
             return None
-        entries.append(entry)
-        written.append(text[at:stop])
-        at = stop + 1
-    if at != end + 1 and end != 1:  # ended on "," as in "[x,]" (end == 1 is the empty "[]")
-        return None
-    return entries, written, tail.group(1).decode()
+        fresh[i] = entry
+        texts.append(_CANONICAL.encode(entry))
+    return texts, fresh, tail.group(1).decode()
 
 
 def _parse_document(raw: bytes, source: str, known: Mapping[str, CompiledBinding | Rejected]) -> LoadedBindings:
     claimed: object  # the sha256 the document states
-    split = _split_rendered(raw) if known else None
+    split = _split_rendered(raw, known) if known else None
     if split is not None:
-        # An entry written exactly as a known canonical text is canonical: only the others are encoded.
-        entries, written, claimed = split
-        texts = [text if text in known else _CANONICAL.encode(entry)
-                 for entry, text in zip(entries, written, strict=True)]
+        texts, fresh, claimed = split
     else:
         try:
             doc = json.loads(raw)
@@ -184,8 +189,8 @@ def _parse_document(raw: bytes, source: str, known: Mapping[str, CompiledBinding
             raise ConfigError(f"{source}: not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND or not isinstance(doc.get("bindings"), list):
             raise ConfigError(f"{source}: not a {DOC_KIND} document")
-        entries, claimed = doc["bindings"], doc.get("sha256")
-        texts = [_CANONICAL.encode(entry) for entry in entries]
+        fresh, claimed = dict(enumerate(doc["bindings"])), doc.get("sha256")
+        texts = [_CANONICAL.encode(entry) for entry in fresh.values()]
     # The texts joined as json.dumps writes the list are what the sha256 covers; they key the outcomes too.
     digest = hashlib.sha256(("[" + ",".join(texts) + "]").encode()).hexdigest()
     if claimed != digest:
@@ -193,10 +198,10 @@ def _parse_document(raw: bytes, source: str, known: Mapping[str, CompiledBinding
     outcomes: dict[str, CompiledBinding | Rejected] = {}
     good: list[CompiledBinding] = []
     bad: list[Rejected] = []
-    for i, (entry, text) in enumerate(zip(entries, texts, strict=True)):
+    for i, text in enumerate(texts):
         outcome = known.get(text)
         if outcome is None:
-            outcome = _compile_entry(entry, text, source, i)
+            outcome = _compile_entry(fresh[i], text, source, i)
         outcomes[text] = outcome
         if isinstance(outcome, CompiledBinding):
             good.append(outcome)

@@ -206,6 +206,33 @@ def test_framing_edge_cases_match_a_full_parse(raw: Callable[[list[str]], bytes]
     assert incremental == full
 
 
+def _rendered_with(entries: list[Any], texts: list[str]) -> bytes:
+    """render_document's framing around entries written as the given texts, with the honest sha256."""
+    return _with_array("[" + ",".join(texts) + "]", _sha("[" + ",".join(_texts(entries)) + "]"))
+
+
+def test_an_entry_holding_the_entry_separator_is_split_correctly(compiles: list[str]) -> None:
+    # An unknown field holding objects whose first key is "name": `,{"name":"` then occurs inside an
+    # entry, so splitting there cuts it; the parse must notice and still equal a full parse.
+    tricky = entry("tricky", aws={"extra": [{"a": 1}, {"name": "x", "spec": {}}]})
+    assert ',{"name":"' in _texts([tricky])[0]
+    previous = parse_document(document([*BASE, tricky]), DOC_FILE)
+    compiles.clear()
+    after = [*BASE[:3], tricky, entry("new")]
+    incremental = parse_document(document(after), DOC_FILE, previous)
+    assert compiles == ["team-a/new"]
+    assert view(incremental) == view(parse_document(document(after), DOC_FILE))
+
+
+def test_entries_with_other_key_orders_inside_the_rendered_framing() -> None:
+    # The framing is render_document's but entries are written with keys in another order.
+    previous = parse_document(document(BASE), DOC_FILE)
+    reordered = [json.dumps(dict(reversed(list(e.items()))), separators=(",", ":")) for e in BASE]
+    for texts in (reordered, [_texts(BASE)[0], *reordered[1:]], [*_texts(BASE)[:3], reordered[3]]):
+        data = _rendered_with(BASE, texts)
+        assert view(parse_document(data, DOC_FILE, previous)) == view(parse_document(data, DOC_FILE))
+
+
 def test_non_canonical_entry_text_is_not_trusted_even_with_a_matching_hash() -> None:
     # An entry written with spaces, and a sha256 of exactly what is written: a full parse refuses it (the hash
     # covers the canonical text), so the incremental parse must not take the written text as canonical.
