@@ -18,7 +18,8 @@ wsgi_app = "gitlab_sts.service.app:create_app()"
 bind = [os.environ.get("GITLAB_STS_BIND", "0.0.0.0:8080")]
 workers = int(os.environ.get("GITLAB_STS_WORKERS", "2"))
 worker_class = "gthread"
-# Signing is CPU-bound under the GIL: two threads per worker measured best (bench/README.md).
+# Signing is CPU-bound under the GIL: two threads per worker measured best (bench/README.md); one would let a
+# slow AWS STS call (/v1/credentials) block the whole worker.
 threads = int(os.environ.get("GITLAB_STS_THREADS", "2"))
 timeout = 30
 graceful_timeout = 20
