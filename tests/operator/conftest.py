@@ -13,6 +13,7 @@ import pytest_asyncio
 from gitlab_sts.operator.kube import Endpoint, KubeClient
 
 BINDINGS = "gitlab-sts.io/v1alpha1/gitlabawsbindings"
+NAMESPACES = "v1/namespaces"
 
 
 class VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
@@ -44,6 +45,11 @@ async def k8s() -> AsyncIterator[Any]:
         emulator.resources[BINDINGS] = kmock.ResourceInfo(kind="GitLabAWSBinding", namespaced=True,
                                                           subresources={"status"},
                                                           verbs={"get", "list", "watch", "patch"})
+        # kopf's namespace observer waits for v1/namespaces to be discovered even when clusterwide, and only
+        # then lets watchers start (kopf/_core/reactor/observation.py namespace_observer). A real API server
+        # always lists it in /api/v1; KMock lists only declared or stored resources, so declare it.
+        emulator.resources[NAMESPACES] = kmock.ResourceInfo(kind="Namespace", namespaced=False,
+                                                            verbs={"get", "list", "watch"})
         emulator.server = server
         yield emulator
 
