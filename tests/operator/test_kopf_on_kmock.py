@@ -1,4 +1,4 @@
-"""kopf running the operator against KMock over HTTP: login via a kubeconfig, startup, seeding, keys, cleanup."""
+"""kopf running the operator against KMock over HTTP: login, startup, seeding, keys, kopf's LIST+WATCH, cleanup."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import kmock
 import kopf
 import pytest
 import yaml
@@ -15,12 +16,13 @@ from operator_helpers import SETTINGS_YAML, manifest
 
 from gitlab_sts.operator import handlers
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.reconcile import PLURAL
 
 API = "gitlab-sts.io/v1alpha1"
 CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
 
 
-async def eventually(check: Any, timeout: float = 10.0) -> Any:
+async def eventually(check: Any, timeout: float = 5.0) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
@@ -52,20 +54,50 @@ async def test_operator_under_kopf(k8s: Any, client: KubeClient, tmp_path: Path,
     stop = asyncio.Event()
     task = asyncio.create_task(kopf.operator(standalone=True, clusterwide=True, stop_flag=stop))
     try:
-        async def config_has(*names: str) -> None:
+        async def config_has(*names: str) -> dict[str, Any]:
             cm = await client.get(CM)
             doc = json.loads(cm["data"]["bindings.json"])
             assert [b["name"] for b in doc["bindings"]] == list(names)
+            return {b["name"]: b["spec"] for b in doc["bindings"]}
+
+        async def ready(ns: str, name: str, generation: int) -> None:
+            status = (await client.get(path_for(API, "gitlabawsbindings", ns, name))).get("status") or {}
+            assert status["observedGeneration"] == generation
+            assert status["conditions"][0]["status"] == "True"
 
         await eventually(lambda: config_has("before-start"))
         secret = await eventually(lambda: client.get(path_for("v1", "secrets", "gitlab-sts", "gitlab-sts-keys")))
         assert "keyset.json" in secret["data"]
         assert handlers.runtime().healthy()["bindings"] == 1
-        # Binding watch events are not driven here: against KMock 0.8, kopf 1.45 completes discovery
-        # but never opens a watch stream for the resource (no LIST/WATCH request is made), so the
-        # event path is covered by calling the handlers directly (test_kube_io) and by tests/e2e.
-        await handlers.binding_event(event={"type": "ADDED", "object": manifest("team-a", "direct")})
-        await eventually(lambda: config_has("before-start", "direct"))
+        # Only kopf's initial LIST reaches the handler for this one: our own startup seeding sets no status.
+        await eventually(lambda: ready("team-a", "before-start", 1))
+
+        # From here on every change travels KMock -> kopf's watch stream -> binding_event: nothing calls
+        # the handlers directly.
+        async def watching() -> None:
+            assert any(r.action == kmock.action.WATCH and r.resource is not None and r.resource.plural == PLURAL
+                       for r in k8s), "kopf opened no watch stream for the bindings"
+
+        await eventually(watching)
+        await client.create(path_for(API, "gitlabawsbindings", "team-b"), manifest("team-b", "created"))
+        await eventually(lambda: config_has("before-start", "created"))
+        await eventually(lambda: ready("team-b", "created", 1))
+
+        new_role = "arn:aws:iam::123456789012:role/payments-deploy-v2"
+        # KMock does not bump metadata.generation on a spec change as an API server does: the patch does.
+        await client.merge_patch(path_for(API, "gitlabawsbindings", "team-b", "created"),
+                                 {"metadata": {"generation": 2}, "spec": {"aws": {"roleArn": new_role}}})
+
+        async def role_changed() -> None:
+            specs = await config_has("before-start", "created")
+            assert specs["created"]["aws"]["roleArn"] == new_role
+
+        await eventually(role_changed)
+        await eventually(lambda: ready("team-b", "created", 2))
+
+        await client.request("DELETE", path_for(API, "gitlabawsbindings", "team-a", "before-start"))
+        await eventually(lambda: config_has("created"))
+        assert handlers.runtime().healthy()["bindings"] == 1
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
