@@ -24,7 +24,7 @@ from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, parse_keyring
 from gitlab_sts.core.pinnedjwks import PinnedCopy, apply_copies, file_name, parse_copy
 from gitlab_sts.core.settings import Settings, parse_settings
-from gitlab_sts.service import metrics
+from gitlab_sts.service import gcpolicy, metrics
 from gitlab_sts.service.paths import ConfigPaths
 
 log = logging.getLogger("gitlab_sts.service")
@@ -112,7 +112,11 @@ class ConfigState:
     def reload(self, force: bool = True) -> Snapshot:
         """Reload now (blocking); force re-reads every file."""
         with self._lock:
-            self._reload_locked(force=force)
+            loaded = self._reload_locked(force=force)
+            if loaded:
+                # When enabled (gunicorn workers), freeze what was loaded so that full garbage collections
+                # do not walk 10,000 bindings while request threads wait (service/gcpolicy.py).
+                gcpolicy.after_reload()
         return self.snapshot
 
     def _changed(self, name: str, path: Path, force: bool) -> bool:
@@ -149,13 +153,16 @@ class ConfigState:
     def _has(self, name: str) -> bool:
         return {"settings": self._settings, "bindings": self._index, "keys": self._keys}[name] is not None
 
-    def _reload_locked(self, force: bool) -> None:
+    def _reload_locked(self, force: bool) -> bool:
+        """Reload what changed; returns whether any file was read."""
         settings_changed = self._changed("settings", self.paths.settings, force)
         if settings_changed:
             self._attempt("settings", self._load_settings, self._fallback_settings)
-        if self._changed("bindings", self.paths.bindings, force) or (settings_changed and self._loaded):
+        bindings_changed = self._changed("bindings", self.paths.bindings, force)
+        if bindings_changed or (settings_changed and self._loaded):
             self._attempt("bindings", self._load_bindings, self._fallback_bindings)
-        if self._changed("keys", self.paths.keys, force):
+        keys_changed = self._changed("keys", self.paths.keys, force)
+        if keys_changed:
             self._attempt("keys", self._load_keys, self._fallback_keys)
         pinned_changed = self.paths.pinned is not None and self._changed("pinned", self.paths.pinned, force)
         if pinned_changed:
@@ -168,6 +175,7 @@ class ConfigState:
             rejected=self._rejected, keys=self._keys,
             errors=dict(self._errors), bindings_digest=self._loaded.digest if self._loaded else "",
         )
+        return settings_changed or bindings_changed or keys_changed or pinned_changed
 
     def _load_settings(self) -> None:
         raw = self.paths.settings.read_bytes()
