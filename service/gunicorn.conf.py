@@ -43,3 +43,10 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Freeze the loaded app and bindings out of full GC collections (service/gcpolicy.py, issue #6)."""
+    from gitlab_sts.service import gcpolicy
+
+    gcpolicy.enable()

@@ -169,3 +169,21 @@ def test_garbage_cycles_are_collected_not_frozen(state: ConfigState, policy: Non
     finally:
         gc.enable()
     assert gone() is None  # frozen instead, it would never be freed
+
+
+def test_gunicorn_workers_turn_the_policy_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shipped gunicorn.conf.py is what enables the policy in a worker, once the app is loaded.
+    import runpy
+
+    from gitlab_sts.localserver import GUNICORN_CONF
+
+    # Running the config sets up (and empties) the metrics folder: keep it off this process's environment.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    try:
+        conf["post_worker_init"](None)
+        assert gcpolicy.enabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gcpolicy.disable()
+    assert not gcpolicy.enabled() and gc.get_freeze_count() == 0
