@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gitlab_sts.core.bindings import BindingIndex
 from gitlab_sts.core.errors import ExchangeError, InvalidRequest, TemporarilyUnavailable
@@ -174,9 +174,14 @@ def _require_ready(svc: Service) -> Ready:
 def _form() -> dict[str, list[str]]:
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded", reason="bad_form")
-    # The body is bounded by MAX_CONTENT_LENGTH (413 before reading); parsed here rather than by werkzeug's
-    # form parser, which measured as the largest cost of a request after the cryptography.
-    return parse_urlencoded(request.get_data())
+    # The body is bounded by MAX_CONTENT_LENGTH: with a Content-Length, werkzeug answers 413 before reading;
+    # without one (chunked), it stops reading at the limit without an error, so a body that reaches the
+    # limit is refused here rather than parsed truncated. Parsed here rather than by werkzeug's form parser,
+    # which measured as the largest cost of a request after the cryptography.
+    body = request.get_data()
+    if request.content_length is None and len(body) >= MAX_BODY:
+        raise RequestEntityTooLarge()
+    return parse_urlencoded(body)
 
 
 def _verified_request(svc: Service) -> tuple[Ready, ExchangeRequest, VerifiedToken]:

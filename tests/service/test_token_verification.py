@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -128,6 +129,22 @@ def test_huge_body_is_refused_before_parsing(service: Service) -> None:
 
     answer = requests.post(service.url + "/v1/token", data={"subject_token": "x" * 200_000}, timeout=10)
     assert answer.status_code == 413
+    assert answer.json()["error"] == "invalid_request"
+
+
+def test_huge_chunked_body_is_refused_not_truncated(service: Service) -> None:
+    import requests
+
+    # No Content-Length: werkzeug stops reading at the limit without an error; the service must still
+    # answer 413 rather than parse the first 96 KiB as if they were the whole form.
+    def chunks() -> Iterator[bytes]:
+        yield b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token="
+        for _ in range(20):
+            yield b"x" * 10_000
+
+    answer = requests.post(service.url + "/v1/token", data=chunks(), timeout=10,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 413, answer.text
     assert answer.json()["error"] == "invalid_request"
 
 
