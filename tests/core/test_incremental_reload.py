@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +56,6 @@ def view(loaded: LoadedBindings) -> dict[str, Any]:
         return (b.key, normalised_spec(b), b.cel_source, len(b.checks), tuple(b.evaluate(c) for c in CLAIMS))
     return {"bindings": [binding(b) for b in loaded.bindings], "rejected": loaded.rejected,
             "digest": loaded.digest, "source": loaded.source, "raw": loaded.raw}
-
-
-@pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The namespace/name of every entry compiled from here on."""
-    seen: list[str] = []
-    real = bindingdoc.compile_binding
-
-    def counting(namespace: str, name: str, spec: Mapping[str, Any]) -> CompiledBinding:
-        seen.append(f"{namespace}/{name}")
-        return real(namespace, name, spec)
-    monkeypatch.setattr(bindingdoc, "compile_binding", counting)
-    return seen
 
 
 BAD = entry("bad", aws={"roleArn": "not-an-arn"})

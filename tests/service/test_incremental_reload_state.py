@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from gitlab_sts.core import bindingdoc
 from gitlab_sts.core.bindingdoc import DOC_FILE, DOC_FILE_GZ, DOC_KIND, normalised_spec
-from gitlab_sts.core.bindings import API_VERSION, BindingIndex, CompiledBinding
+from gitlab_sts.core.bindings import API_VERSION, BindingIndex
 from gitlab_sts.core.keys import KeyRing
 from gitlab_sts.service.paths import ConfigPaths
 from gitlab_sts.service.state import ConfigState, Snapshot
@@ -59,19 +57,6 @@ def root(tmp_path: Path, ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> Path
     keyring_file(tmp_path / "keys", ring)
     (tmp_path / "bindings").mkdir()
     return tmp_path
-
-
-@pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """namespace/name of every entry compiled from here on."""
-    seen: list[str] = []
-    real = bindingdoc.compile_binding
-
-    def counting(namespace: str, name: str, spec: Mapping[str, Any]) -> CompiledBinding:
-        seen.append(f"{namespace}/{name}")
-        return real(namespace, name, spec)
-    monkeypatch.setattr(bindingdoc, "compile_binding", counting)
-    return seen
 
 
 def write(root: Path, raw: bytes, name: str = DOC_FILE) -> None:
