@@ -95,6 +95,10 @@ class LoadedBindings:
     # What each document entry became, by the entry's canonical JSON: the next parse of a changed document
     # compiles only the entries not in here (empty for manifests).
     outcomes: Mapping[str, CompiledBinding | Rejected] = field(default_factory=dict, repr=False, compare=False)
+    # What each manifest file's documents became, by file name and sha256 of its bytes (None: not a
+    # binding): the next load of the folder parses only new or changed files (empty for a document).
+    files: Mapping[tuple[str, bytes], tuple[CompiledBinding | Rejected | None, ...]] = field(
+        default_factory=dict, repr=False, compare=False)
 
 
 def normalised_spec(binding: CompiledBinding) -> dict[str, Any]:
@@ -229,44 +233,62 @@ def _compile_entry(entry: Any, text: str, source: str, i: int) -> CompiledBindin
         return Rejected(f"{ns}/{name}", str(exc))
 
 
-def load_manifests(paths: Iterable[Path]) -> LoadedBindings:
-    """Compile GitLabAWSBinding manifests from YAML files (what users kubectl apply)."""
+def load_manifests(paths: Iterable[Path], previous: LoadedBindings | None = None) -> LoadedBindings:
+    """Compile GitLabAWSBinding manifests from YAML files (what users kubectl apply), reusing unchanged files."""
     with _collector_paused():
-        return _load_manifests(paths)
+        return _load_manifests(paths, previous.files if previous is not None else {})
 
 
-def _load_manifests(paths: Iterable[Path]) -> LoadedBindings:
+FileOutcomes = tuple[CompiledBinding | Rejected | None, ...]
+
+
+def _file_outcomes(name: str, text: bytes) -> FileOutcomes:
+    """What each YAML document of one file becomes (a function of the file's name and bytes alone)."""
+    try:
+        docs = list(yaml.load_all(text, Loader=_SAFE_LOADER))  # noqa: S506 (a safe loader)
+        if any(_too_deep(doc) for doc in docs):
+            raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+    # RecursionError: deeply nested flow collections exhaust the pure-Python parser's stack.
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{name}: not valid YAML: {exc}") from None
+    out: list[CompiledBinding | Rejected | None] = []
+    for i, doc in enumerate(docs):
+        if doc is None or not isinstance(doc, Mapping) or doc.get("kind") != KIND:
+            out.append(None)  # other kinds may share a file (e.g. a Namespace); they are not ours
+            continue
+        try:
+            out.append(compile_manifest(doc))
+        except CompileError as exc:
+            meta = doc.get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            out.append(Rejected(f"{meta.get('namespace', 'default')}/{meta.get('name', f'{name}#{i}')}", str(exc)))
+    return tuple(out)
+
+
+def _load_manifests(paths: Iterable[Path], known: Mapping[tuple[str, bytes], FileOutcomes]) -> LoadedBindings:
     good: dict[str, CompiledBinding] = {}
     bad: list[Rejected] = []
     hasher = hashlib.sha256()
+    files: dict[tuple[str, bytes], FileOutcomes] = {}
     for path in sorted(paths):
         text = path.read_bytes()
         hasher.update(path.name.encode() + b"\0" + text + b"\0")
-        try:
-            docs = list(yaml.load_all(text, Loader=_SAFE_LOADER))  # noqa: S506 (a safe loader)
-            if any(_too_deep(doc) for doc in docs):
-                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels")
-        # RecursionError: deeply nested flow collections exhaust the pure-Python parser's stack.
-        except (yaml.YAMLError, RecursionError) as exc:
-            raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
-        for i, doc in enumerate(docs):
-            if doc is None:
+        key = (path.name, hashlib.sha256(text).digest())
+        outcomes = known.get(key)
+        if outcomes is None:
+            outcomes = _file_outcomes(path.name, text)
+        files[key] = outcomes
+        # Duplicates span files, so they are decided here, in file order, on every load.
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:
                 continue
-            where = f"{path.name}#{i}"
-            if not isinstance(doc, Mapping) or doc.get("kind") != KIND:
-                continue  # other kinds may share a file (e.g. a Namespace); they are not ours
-            try:
-                binding = compile_manifest(doc)
-            except CompileError as exc:
-                meta = doc.get("metadata")
-                meta = meta if isinstance(meta, Mapping) else {}
-                bad.append(Rejected(f"{meta.get('namespace', 'default')}/{meta.get('name', where)}", str(exc)))
-                continue
-            if binding.key in good:
-                bad.append(Rejected(binding.key, f"defined twice (again in {where})"))
-                continue
-            good[binding.key] = binding
-    return LoadedBindings(tuple(good.values()), tuple(bad), hasher.hexdigest(), "manifests")
+            if isinstance(outcome, Rejected):
+                bad.append(outcome)
+            elif outcome.key in good:
+                bad.append(Rejected(outcome.key, f"defined twice (again in {path.name}#{i})"))
+            else:
+                good[outcome.key] = outcome
+    return LoadedBindings(tuple(good.values()), tuple(bad), hasher.hexdigest(), "manifests", files=files)
 
 
 def load_bindings_dir(directory: Path, previous: LoadedBindings | None = None) -> LoadedBindings:
@@ -284,4 +306,4 @@ def load_bindings_dir(directory: Path, previous: LoadedBindings | None = None) -
     if plain.exists():
         return parse_document(plain.read_bytes(), DOC_FILE, previous)
     files = [p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
-    return load_manifests(files)
+    return load_manifests(files, previous)
