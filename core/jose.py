@@ -8,7 +8,6 @@ directly, so the cryptography and the header rules stay joserfc's.
 
 from __future__ import annotations
 
-import base64
 import json
 from functools import lru_cache
 from typing import Any
@@ -17,17 +16,12 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.jws import JWSRegistry
 
-from gitlab_sts.core.jwtparse import UnverifiedJWT
+from gitlab_sts.core.jwtparse import UnverifiedJWT, b64url_encode
 from gitlab_sts.core.settings import SIGNING_ALGORITHMS, VERIFY_ALGORITHMS
 
 # The header rules joserfc's deserialize_compact applies (crit, registered member types, no unknown
 # members), for exactly the algorithms settings can name.
 _REGISTRY = JWSRegistry(algorithms=sorted(set(VERIFY_ALGORITHMS) | set(SIGNING_ALGORITHMS)))
-
-
-def b64url(data: bytes) -> bytes:
-    """Unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def verify_signature(parsed: UnverifiedJWT, key: RSAKey | ECKey, alg: str) -> bool:
@@ -42,16 +36,16 @@ def verify_signature(parsed: UnverifiedJWT, key: RSAKey | ECKey, alg: str) -> bo
 
 
 @lru_cache(maxsize=64)
-def header_segment(alg: str, kid: str) -> bytes:
+def header_segment(alg: str, kid: str) -> str:
     """The encoded protected header of a minted token (the same for every token of one key)."""
     # Member order as joserfc's jwt.encode writes it.
     header = {"typ": "JWT", "alg": alg, "kid": kid}
-    return b64url(json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
+    return b64url_encode(json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
 
 
 def sign_compact(claims: dict[str, Any], key: RSAKey | ECKey, alg: str, kid: str) -> str:
     """A compact JWS of the claims (JSON as joserfc's jwt.encode writes it), signed with key."""
     payload = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    signing_input = header_segment(alg, kid) + b"." + b64url(payload)
-    signature = _REGISTRY.get_alg(alg).sign(signing_input, key)
-    return (signing_input + b"." + b64url(signature)).decode("ascii")
+    signing_input = f"{header_segment(alg, kid)}.{b64url_encode(payload)}"
+    signature = _REGISTRY.get_alg(alg).sign(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64url_encode(signature)}"

@@ -44,6 +44,11 @@ def _no_constants(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_no_constants)
 
 
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url (what JWS segments use)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def b64url_decode(segment: str) -> bytes:
     """Decode unpadded base64url, refusing any other alphabet or padding."""
     # fullmatch, not match: `$` would also match before a trailing newline, which base64 then ignores.

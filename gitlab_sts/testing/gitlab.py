@@ -8,7 +8,6 @@ controls: rotate its CI signing key and simulate outages. Never expose it beyond
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import threading
@@ -21,13 +20,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc.jwk import RSAKey
 
+from gitlab_sts.core.jwtparse import b64url_encode
+
 JWKS_PATH = "/oauth/discovery/keys"
 TOKEN_PATH = "/-/test/id_token"  # noqa: S105 (a path, not a secret)
 CONTROL_PATH = "/-/test/control"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def job_claims(issuer: str, aud: str | list[str], *, now: int | None = None, lifetime: int = 3600,
@@ -99,11 +96,11 @@ class FakeGitLab:
         # None removes a member (e.g. kid). Signed by hand so that tests can sign hostile headers
         # (crit, jku, ...) that a JOSE library would refuse to produce.
         head = {k: v for k, v in head.items() if v is not None}
-        signing_input = _b64(json.dumps(head).encode()) + "." + _b64(payload.encode())
+        signing_input = b64url_encode(json.dumps(head).encode()) + "." + b64url_encode(payload.encode())
         private = self.ci_key.private_key
         assert private is not None
         signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return signing_input + "." + _b64(signature)
+        return signing_input + "." + b64url_encode(signature)
 
 
 def _handler(state: FakeGitLab) -> type[BaseHTTPRequestHandler]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from gitlab_sts.core.bindings import CompiledBinding, compile_binding
+from gitlab_sts.core.jwtparse import b64url_encode as b64url
 from gitlab_sts.core.keys import KeyRing, ManagedKey, generate_key
 from gitlab_sts.core.settings import GitLabInstance, Settings, parse_settings
 
@@ -92,10 +92,6 @@ class _Drop:
 _DROP: Any = _Drop()
 DROP: Any = _DROP  # pass as an override value to remove a claim
 
-
-def b64url(data: bytes) -> str:
-    """Unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def json_segment(value: Any) -> str:

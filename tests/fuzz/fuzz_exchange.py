@@ -8,7 +8,6 @@ GitLab-signed token whose claims GitLab could have issued and a binding allows (
 
 from __future__ import annotations
 
-import base64
 import logging
 import sys
 import tempfile
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports(include=["gitlab_sts"]):
     from gitlab_sts.core.claims import check_types
+    from gitlab_sts.core.jwtparse import b64url_encode as _b64
     from gitlab_sts.core.jwtparse import parse_compact
     from tests.fuzz.appkit import RFC6749_ERRORS, make_app
     from tests.service.harness import GRANT, JWT_TYPE
@@ -29,9 +29,6 @@ APP = make_app(Path(tempfile.mkdtemp(prefix="gitlab-sts-fuzz-")))
 logging.getLogger("gitlab_sts").setLevel(logging.CRITICAL)
 TOKEN_TYPES = [JWT_TYPE, "urn:ietf:params:oauth:token-type:id_token", "", "x"]
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _check(answer: object, signed_payload: str | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.parse
 from typing import Any
@@ -16,6 +15,7 @@ from gitlab_sts.core.bindings import CompiledBinding, RuleFailure, compile_bindi
 from gitlab_sts.core.claims import check_types
 from gitlab_sts.core.errors import CompileError, ExchangeError, InvalidRequest
 from gitlab_sts.core.exchange import parse_form
+from gitlab_sts.core.jwtparse import b64url_encode as _b64
 from gitlab_sts.core.jwtparse import parse_compact
 from gitlab_sts.testing.gitlab import job_claims
 from tests.fuzz.appkit import GITLAB, STS, App, assert_refused
@@ -33,9 +33,6 @@ json_values = st.recursive(
 FIELDS = ("grant_type", "subject_token", "subject_token_type", "resource", "audience", "actor_token",
           "duration_seconds", "scope")
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @FAST

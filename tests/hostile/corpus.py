@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -13,15 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc.jwk import RSAKey
 
+from gitlab_sts.core.jwtparse import b64url_encode as b64
 from gitlab_sts.testing.gitlab import FakeGitLab, job_claims
 
 GITLAB = "https://gitlab.example.com"
 STS = "https://sts.example.com"
 
-
-def b64(data: bytes) -> str:
-    """Unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def claims(**overrides: Any) -> dict[str, Any]:

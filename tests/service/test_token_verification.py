@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -14,11 +13,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from gitlab_sts.core.jwtparse import b64url_encode as _b64
 from tests.service.harness import Service
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _segments(header: dict[str, Any], claims: dict[str, Any]) -> str:
