@@ -16,7 +16,8 @@ from gitlab_sts.core.timefmt import rfc3339
 KEYSET_FILE = "keyset.json"
 # AWS caches JWKS for an undocumented time; a key must be published this long before it signs.
 MIN_LEAD = timedelta(hours=1)
-_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+# JWK members that hold private key material (RFC 7518 §6.2.2, §6.3.2, §6.4): never published.
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 SigningKey = RSAKey | ECKey
 
@@ -64,7 +65,7 @@ class ManagedKey:
     def public_jwk(self) -> dict[str, Any]:
         """Public members only, with use and alg."""
         data = self.key.as_dict(private=False)
-        for member in _PRIVATE_MEMBERS:  # defence in depth: never let a private member through
+        for member in PRIVATE_MEMBERS:  # defence in depth: never let a private member through
             data.pop(member, None)
         data["use"] = "sig"
         data["alg"] = self.alg

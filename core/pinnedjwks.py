@@ -18,6 +18,7 @@ from typing import Any
 from joserfc.jwk import KeySet
 
 from gitlab_sts.core.errors import ConfigError
+from gitlab_sts.core.keys import PRIVATE_MEMBERS
 from gitlab_sts.core.settings import GitLabInstance, Settings
 from gitlab_sts.core.timefmt import rfc3339
 
@@ -25,8 +26,6 @@ from gitlab_sts.core.timefmt import rfc3339
 CONFIGMAP = "gitlab-sts-pinned-jwks"
 # A fetched key set larger than this is refused (GitLab's holds one or two RSA keys, ~1 KiB).
 MAX_JWKS_BYTES = 256 * 1024
-# Members that only a private JWK carries (RFC 7518 section 6).
-PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 @dataclass(frozen=True)

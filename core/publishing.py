@@ -10,12 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from gitlab_sts.core.keys import KeyRing, ManagedKey, Plan, RotationPolicy, generate_key, plan
+from gitlab_sts.core.keys import PRIVATE_MEMBERS, KeyRing, ManagedKey, Plan, RotationPolicy, generate_key, plan
 
 DISCOVERY = "openid-configuration"
 JWKS = "jwks.json"
-# Members a public JWK must never carry (private RSA/EC parts, symmetric keys).
-PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 # While a key is unpublished, push its activation this far past now + lead, so that an outage costs one
 # key set write per RETRY_SLACK instead of one per check.
 RETRY_SLACK = timedelta(hours=1)
