@@ -67,9 +67,10 @@ def verify_gitlab_token(
     iss = unverified.get("iss")
     instance = settings.instance(iss) if isinstance(iss, str) else None
     # The original CI_JOB_JWT names only the host; accepted only where settings opt in (legacyJobJwt).
-    legacy = instance is None and isinstance(iss, str) and settings.legacy_instance(iss) is not None
-    if legacy:
-        instance = settings.legacy_instance(str(iss))
+    legacy = False
+    if instance is None and isinstance(iss, str):
+        instance = settings.legacy_instance(iss)
+        legacy = instance is not None
     if instance is None:
         # Only issuers from settings are ever contacted; an unknown iss is refused offline.
         raise InvalidRequest("the token's issuer is not a trusted GitLab instance", reason="untrusted_issuer")

@@ -184,10 +184,10 @@ def _form() -> dict[str, list[str]]:
     return parse_urlencoded(body)
 
 
-def _verified_request(svc: Service) -> tuple[Ready, ExchangeRequest, VerifiedToken]:
-    """Parse the RFC 8693 form and verify its GitLab token against one consistent snapshot."""
+def _verified_request(svc: Service, form: dict[str, list[str]]) -> tuple[Ready, ExchangeRequest, VerifiedToken]:
+    """Check the RFC 8693 form and verify its GitLab token against one consistent snapshot."""
     ready = _require_ready(svc)
-    form_request = parse_form(_form(), max_token_bytes=ready.settings.tokens.max_token_bytes)
+    form_request = parse_form(form, max_token_bytes=ready.settings.tokens.max_token_bytes)
     g.token = form_request.subject_token
     verified = verify_gitlab_token(form_request.subject_token, settings=ready.settings, keys=svc.jwks,
                                    now=svc.clock())
@@ -205,9 +205,9 @@ class Exchange:
     minted: MintedToken
 
 
-def exchange_token(svc: Service) -> Exchange:
+def exchange_token(svc: Service, form: dict[str, list[str]]) -> Exchange:
     """Verify, decide and mint; shared by /v1/token and /v1/credentials."""
-    ready, form_request, verified = _verified_request(svc)
+    ready, form_request, verified = _verified_request(svc, form)
     decision = decide(verified, ready.index, ready.settings, form_request)
     g.binding, g.role_arn = decision.binding.key, decision.grant.role_arn
     now = svc.now()
@@ -300,7 +300,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
 
     @app.post("/v1/token")
     def token() -> Response:
-        ex = exchange_token(_service())
+        ex = exchange_token(_service(), _form())
         _record_success("/v1/token", "issued", ex.verified, ex)
         return _json({
             "access_token": ex.minted.token, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "N_A",
@@ -312,8 +312,9 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
     @app.post("/v1/credentials")
     def credentials() -> Response:
         svc = _service()
-        duration = _duration(_form())
-        ex = exchange_token(svc)
+        form = _form()
+        duration = _duration(form)
+        ex = exchange_token(svc, form)
         settings, binding, role = ex.ready.settings, ex.decision.binding, ex.decision.grant.role_arn
         session = role_session_name(ex.verified.claims)
         try:
@@ -332,7 +333,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
 
     @app.post("/v1/explain")
     def explain_route() -> Response:
-        ready, _, verified = _verified_request(_service())
+        ready, _, verified = _verified_request(_service(), _form())
         rows = explain(verified, ready.index, ready.settings)
         _record_success("/v1/explain", "explained", verified)
         claims = verified.claims
