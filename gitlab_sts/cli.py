@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,8 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.keys is None:
         print("gitlab-sts serve: no --keys given; signing with a fresh in-memory key set "
               "(development only: tokens stop verifying when this process ends)", file=sys.stderr)
-    env, _ = service_env(args.settings, args.bindings, args.keys, host=args.host, port=args.port,
-                         workers=args.workers)
+    env, scratch = service_env(args.settings, args.bindings, args.keys, host=args.host, port=args.port,
+                               workers=args.workers)
     process = start_gunicorn(env)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -44,6 +45,9 @@ def _serve(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             return 130
+    finally:
+        if scratch is not None:  # the development key set holds a private key: do not leave it in /tmp
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -83,6 +83,7 @@ def run_demo(bindings: Path) -> int:
     server, fake = gitlab.serve()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    scratch: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     sts: RunningSts | None = None
     try:
@@ -99,8 +100,8 @@ def run_demo(bindings: Path) -> int:
             f"sts: {{endpoint: {sts.url}}}\n"
         )
         print(settings.read_text().rstrip())
-        env, _ = service_env(settings, bindings, None, host="127.0.0.1", port=port, workers=2,
-                             metrics_dir=work / "metrics")
+        env, scratch = service_env(settings, bindings, None, host="127.0.0.1", port=port, workers=2,
+                                   metrics_dir=work / "metrics")
         (work / "metrics").mkdir()
         process = start_gunicorn(env, stdout=subprocess.DEVNULL, stderr=(work / "service.log").open("wb"))
         ready = wait_ready(url, process)
@@ -172,3 +173,5 @@ def run_demo(bindings: Path) -> int:
         if sts is not None:
             sts.close()
         shutil.rmtree(work, ignore_errors=True)
+        if scratch is not None:  # the development key set holds a private key
+            shutil.rmtree(scratch, ignore_errors=True)
