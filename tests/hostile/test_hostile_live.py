@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from gitlab_sts.testing.gitlab import FakeGitLab
-from tests.fuzz.appkit import RFC6749_ERRORS
 from tests.hostile.corpus import GITLAB, NAMES, STS, build
 from tests.service.harness import FakeGitLabProcess, Service, start_service
 
@@ -31,18 +29,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, di
 def test_the_whole_corpus_is_refused_over_http(live: tuple[Service, dict[str, str]]) -> None:
     svc, corpus = live
     assert set(corpus) == set(NAMES)
-    seen: dict[str, Any] = {}
     for name, token in corpus.items():
         answer = svc.exchange(token)
-        assert answer.status_code in (400, 403, 413), (name, answer.status_code, answer.text[:300])
+        # As in-process (test_hostile_tokens): refused at verification, never later by a binding rule (403).
+        assert answer.status_code in (400, 413), (name, answer.status_code, answer.text[:300])
         body = answer.json()
-        assert body["error"] in RFC6749_ERRORS, (name, body)
+        assert body["error"] == "invalid_request", (name, body)
         assert answer.headers["Cache-Control"] == "no-store", name
         assert "access_token" not in body, name
         if len(token) > 40:
             assert token not in answer.text, name
-        seen[name] = body["error"]
     # The server stayed healthy and never answered 500 along the way.
     assert requests.get(svc.url + "/healthz", timeout=10).status_code == 200
-    assert "server_error" not in seen.values()
     assert '"reason":"internal_error"' not in svc.log()

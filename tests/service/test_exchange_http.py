@@ -74,7 +74,9 @@ def test_session_tags_and_source_identity(service: Service) -> None:
 def test_lifetime_never_outlives_the_gitlab_token(service: Service) -> None:
     token = service.job_token(environment="staging", environment_protected="false", lifetime=120)
     body = service.exchange(token).json()
-    assert 100 <= body["expires_in"] <= 125
+    # The minted token ends exactly when the GitLab token does, and was issued no earlier than it.
+    assert _claims(body["access_token"])["exp"] == _claims(token)["exp"]
+    assert 100 <= body["expires_in"] <= 120
 
 
 DENIALS = [
