@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from gitlab_sts.core.bindingdoc import LoadedBindings, load_bindings_dir
+from gitlab_sts.core.bindingdoc import load_bindings_dir
 from gitlab_sts.core.bindings import KIND, BindingIndex
 from gitlab_sts.core.claims import check_types
 from gitlab_sts.core.crdschema import load_crd, validate_manifest
@@ -38,11 +38,6 @@ def _settings(args: argparse.Namespace, issuer: str) -> Settings:
         return parse_settings(args.settings.read_text(), source=str(args.settings))
     return Settings(issuer="https://sts.invalid", gitlab=(GitLabInstance(issuer=issuer, audiences=("any",),
                                                                          allow_insecure_http=True),))
-
-
-def _print_rejected(loaded: LoadedBindings) -> None:
-    for bad in loaded.rejected:
-        print(f"INVALID {bad.key}: {bad.error}")
 
 
 def run_check(args: argparse.Namespace) -> int:

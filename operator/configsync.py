@@ -75,7 +75,6 @@ class ConfigWriter:
         self._debounce = debounce
         self._wake = asyncio.Event()
         self.written_digest: str | None = None
-        self.writes = 0
         self.last_error: str | None = None
 
     def poke(self) -> None:
@@ -107,7 +106,6 @@ class ConfigWriter:
                     continue
                 raise
             self.written_digest = digest
-            self.writes += 1
             size = sum(len(v) for v in data.values()) + sum(len(v) for v in binary.values())
             bindings = self._memo.counts()[0]
             metrics.CONFIG_WRITES.labels(result="written").inc()

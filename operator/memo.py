@@ -29,10 +29,6 @@ class BindingMemo:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Key) -> Evaluation | None:
-        """The current evaluation of a binding."""
-        return self._entries.get(key)
-
     def evaluate(self, namespace: str, name: str, spec: Any, generation: int) -> Evaluation:
         """Evaluate, reusing the memoised result when generation and spec are unchanged."""
         old = self._entries.get((namespace, name))
@@ -66,10 +62,6 @@ class BindingMemo:
         if changed:
             self.version += 1
         return changed
-
-    def ready(self) -> list[Evaluation]:
-        """Evaluations that go into the config."""
-        return [ev for ev in self._entries.values() if ev.ready]
 
     def counts(self) -> tuple[int, int]:
         """(ready, rejected)."""
