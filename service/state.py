@@ -159,8 +159,11 @@ class ConfigState:
         if settings_changed:
             self._attempt("settings", self._load_settings, self._fallback_settings)
         bindings_changed = self._changed("bindings", self.paths.bindings, force)
-        if bindings_changed or (settings_changed and self._loaded):
+        if bindings_changed:
             self._attempt("bindings", self._load_bindings, self._fallback_bindings)
+        elif settings_changed and self._loaded:
+            # Only the index depends on settings (default and trusted issuers): re-index what is loaded.
+            self._adopt_bindings(self._loaded)
         keys_changed = self._changed("keys", self.paths.keys, force)
         if keys_changed:
             self._attempt("keys", self._load_keys, self._fallback_keys)
