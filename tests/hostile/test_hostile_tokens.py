@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,10 +57,15 @@ def test_refusals_are_counted_by_reason(app: App, corpus: dict[str, str]) -> Non
     assert after == before + 1
 
 
-def test_corpus_tokens_are_refused_offline(tmp_path: Path) -> None:
-    """Forged and untrusted tokens never make the service fetch anything (pinned keys: no fetch state)."""
+def test_corpus_tokens_are_refused_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forged and untrusted tokens (an unknown iss, a jku or x5u URL) never make the service connect anywhere."""
     built = make_app(tmp_path)
+    connections: list[object] = []
+
+    def no_network(address: object, *args: object, **kwargs: object) -> socket.socket:
+        connections.append(address)
+        raise OSError("the hostile corpus must not cause a connection")
+    monkeypatch.setattr(socket, "create_connection", no_network)
     for name, token in build(built.gitlab).items():
         assert built.exchange(token).status_code in (400, 413), name
-    status = built.app.extensions["gitlab_sts"].jwks.status()
-    assert all(entry["last_error"] is None for entry in status.values())
+    assert connections == []

@@ -134,8 +134,9 @@ def test_unknown_project_reveals_no_other_bindings(service: Service) -> None:
         assert secret not in text
 
 
-def test_ambiguous_match_lists_roles_and_resource_chooses(service: Service) -> None:
-    # A branch job without environment on a tag-like ref "v2" matches only read-only; make two match:
+def test_resource_naming_a_role_whose_binding_does_not_match_is_refused(service: Service) -> None:
+    # A tag job matches only release-tags; asking for the read-only role does not pick another binding.
+    # (Ambiguity between two matching bindings is covered in tests/core/test_exchange.py.)
     token = service.job_token(ref="v9", ref_type="tag", ref_path="refs/tags/v9")
     assert service.exchange(token).json()["binding"] == "team-payments/release-tags"
     answer = service.exchange(token, resource=READ_ONLY)
