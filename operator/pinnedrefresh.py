@@ -20,7 +20,7 @@ import aiohttp
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.pinnedjwks import MAX_JWKS_BYTES, PinnedCopy, file_name, parse_copy, parse_jwks_bytes, render_copy
 from gitlab_sts.core.settings import GitLabInstance, Settings
-from gitlab_sts.core.timefmt import rfc3339
+from gitlab_sts.core.timefmt import rfc3339_or_none
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import TRANSIENT, ApiError, KubeClient, path_for
 from gitlab_sts.operator.statusmap import StatusKey
@@ -56,13 +56,10 @@ class SourceState:
 
     def as_status(self) -> dict[str, Any]:
         """This source's entry in pinned-jwks.json."""
-        return {"source": self.url, "lastAttemptAt": _ts(self.last_attempt), "lastSuccessAt": _ts(self.last_success),
-                "copyFetchedAt": _ts(self.copy_fetched_at), "lastError": self.last_error,
+        return {"source": self.url, "lastAttemptAt": rfc3339_or_none(self.last_attempt),
+                "lastSuccessAt": rfc3339_or_none(self.last_success),
+                "copyFetchedAt": rfc3339_or_none(self.copy_fetched_at), "lastError": self.last_error,
                 "consecutiveFailures": self.failures, "key": file_name(self.issuer)}
-
-
-def _ts(value: datetime | None) -> str | None:
-    return rfc3339(value) if value is not None else None
 
 
 def instances_with_source(settings: Settings) -> tuple[GitLabInstance, ...]:

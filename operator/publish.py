@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 # boto3/botocore ship no type information; their objects are Any here.
@@ -31,7 +31,7 @@ from gitlab_sts.core.publishing import (
     track_published,
 )
 from gitlab_sts.core.settings import S3Publish, Settings
-from gitlab_sts.core.timefmt import rfc3339
+from gitlab_sts.core.timefmt import parse_rfc3339, rfc3339_or_none
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
 from gitlab_sts.operator.statusmap import StatusKey
@@ -100,20 +100,6 @@ def _client_error(exc: ClientError) -> str:
     return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
 
 
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else rfc3339(value)
-
-
-def _parse_ts(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else None
-
-
 @dataclass
 class Publisher:
     """S3 publishing state across key checks (one per operator)."""
@@ -167,10 +153,10 @@ class Publisher:
         since = s3.get("publishedSince")
         if isinstance(since, dict):
             for kid, stamp in since.items():
-                parsed = _parse_ts(stamp)
+                parsed = parse_rfc3339(stamp)
                 if isinstance(kid, str) and parsed is not None:
                     self.since[kid] = parsed
-        self.last_upload = _parse_ts(s3.get("lastUploadAt"))
+        self.last_upload = parse_rfc3339(s3.get("lastUploadAt"))
 
     async def _read_jwks(self, store: ObjectStore, target: S3Publish) -> tuple[bytes | None, dict[str, Any] | None]:
         raw = await asyncio.to_thread(store.get, target.key(JWKS))
@@ -254,14 +240,14 @@ class Publisher:
             held = delayed_keys(ring, now, self.since, self.policy) if ring is not None else []
             metrics.PUBLISH_MATCHES.set(1 if cov is not None and cov.matches and self.last_error is None else 0)
             metrics.PUBLISH_HELD_BACK.set(len(held))
-            pending = {k.kid: _ts(k.activate_at) for k in ring.keys if k.kid in held} if ring else {}
+            pending = {k.kid: rfc3339_or_none(k.activate_at) for k in ring.keys if k.kid in held} if ring else {}
             doc["s3"] = {
                 "bucket": target.bucket, "region": target.region, "endpointUrl": target.endpoint_url,
                 "objects": [target.key(DISCOVERY), target.key(JWKS)], "publicUrl": target.url,
-                "lastAttemptAt": _ts(self.last_attempt), "lastUploadAt": _ts(self.last_upload),
-                "lastVerifiedAt": _ts(self.last_verified), "lastError": self.last_error,
+                "lastAttemptAt": rfc3339_or_none(self.last_attempt), "lastUploadAt": rfc3339_or_none(self.last_upload),
+                "lastVerifiedAt": rfc3339_or_none(self.last_verified), "lastError": self.last_error,
                 "consecutiveFailures": self.failures,
-                "publishedSince": {kid: _ts(t) for kid, t in sorted(self.since.items())},
+                "publishedSince": {kid: rfc3339_or_none(t) for kid, t in sorted(self.since.items())},
                 "jwks": cov.as_status() if cov is not None else None,
                 "awaitingPublication": pending,
             }
