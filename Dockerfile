@@ -9,13 +9,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gitlab_sts/ gitlab_sts/
-COPY core/ core/
-COPY service/ service/
-COPY operator/ operator/
+COPY cli/src/ cli/src/
+COPY core/src/ core/src/
+COPY service/src/ service/src/
+COPY operator/src/ operator/src/
 COPY docker/install.sh /usr/local/bin/gitlab-sts-install
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -P -m pip wheel --no-deps --wheel-dir /wheels . \
+    python -m pip wheel --no-deps --wheel-dir /wheels . \
  && sh /usr/local/bin/gitlab-sts-install /opt/venv /wheels/gitlab_sts-*.whl
 
 # Runtime: no compilers, no build tools, no source tree; a fixed non-root UID that the chart also uses.

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The four source roots that together hold the `gitlab_sts` package (see pyproject.toml).
+SRC_ROOTS := cli/src:core/src:service/src:operator/src
 
 .PHONY: demo test lint typecheck unit e2e bench chart-schema clean venv
 
@@ -19,7 +21,8 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports
+	# grimp finds namespace-package portions on sys.path only, not through setuptools' editable finder.
+	PYTHONPATH=$(SRC_ROOTS) $(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

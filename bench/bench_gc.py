@@ -35,7 +35,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # appended: the repository's operator/ folder must not shadow the stdlib module
+    sys.path.append(str(ROOT))
 
 from bindings_gen import edited_document, write_document, write_manifests  # noqa: E402
 

@@ -11,14 +11,14 @@ case "$command" in
   service)
     conf="${GITLAB_STS_GUNICORN_CONF:-}"
     if [ -z "$conf" ]; then
-      conf="$(python -P -c 'import importlib.util as u; print(u.find_spec("gitlab_sts.service").submodule_search_locations[0])')/gunicorn.conf.py"
+      conf="$(python -c 'import importlib.util as u; print(u.find_spec("gitlab_sts.service").submodule_search_locations[0])')/gunicorn.conf.py"
     fi
     exec gunicorn --config "$conf" "$@"
     ;;
   operator)
     # `python -m gitlab_sts.operator` is kopf.run() with the namespaces, liveness endpoint and JSON
     # logging taken from the environment the chart sets.
-    exec python -P -m gitlab_sts.operator "$@"
+    exec python -m gitlab_sts.operator "$@"
     ;;
   *)
     exec "$command" "$@"

@@ -5,12 +5,10 @@
 set -eu
 venv="$1"
 shift
-# -P: never put the working directory on sys.path (the source tree has an `operator/` folder that would
-# shadow the standard library module of that name).
-python3 -P -m venv "$venv"
-"$venv/bin/python" -P -m pip install --disable-pip-version-check "$@"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --disable-pip-version-check "$@"
 # The entrypoint must find both programs and the shipped gunicorn settings.
-"$venv/bin/python" -P - <<'PY'
+"$venv/bin/python" - <<'PY'
 import importlib.util
 import pathlib
 import shutil

@@ -266,8 +266,8 @@ def test_exchange_environment_matches_what_the_service_reads(helm3: Helm) -> Non
     pinned_volume = next(v for v in pod["volumes"] if v["name"] == "pinned")
     assert pinned_volume["configMap"] == {"name": "gitlab-sts-pinned-jwks", "optional": True}
     # Every GITLAB_STS_*/PROMETHEUS_* variable the chart sets is one the service reads.
-    sources = (ROOT / "service/gunicorn.conf.py").read_text() + (ROOT / "service/paths.py").read_text() + \
-        (ROOT / "service/state.py").read_text()
+    package = ROOT / "service/src/gitlab_sts/service"
+    sources = "".join((package / name).read_text() for name in ("gunicorn.conf.py", "paths.py", "state.py"))
     for name in env:
         assert f'"{name}"' in sources, f"{name} is set by the chart but read nowhere in service/"
     assert env["GITLAB_STS_BIND"] == "0.0.0.0:8443"

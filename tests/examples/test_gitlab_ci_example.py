@@ -31,7 +31,7 @@ def test_jobs_use_the_id_token_variable_login_reads() -> None:
     assert "GITLAB_STS_ID_TOKEN" in base["id_tokens"]
     assert isinstance(base["id_tokens"]["GITLAB_STS_ID_TOKEN"]["aud"], str)  # one aud, as AWS needs
     assert set(CI["variables"]) <= {"GITLAB_STS_URL", "GITLAB_STS_CA_BUNDLE"}
-    login = (ROOT / "gitlab_sts" / "login.py").read_text()
+    login = (ROOT / "cli/src/gitlab_sts/login.py").read_text()
     for variable in ("GITLAB_STS_ID_TOKEN", "GITLAB_STS_URL", "GITLAB_STS_CA_BUNDLE"):
         assert variable in login
 

@@ -46,7 +46,7 @@ def test_login_imports_only_the_standard_library() -> None:
                           timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2 []"  # ran to its usage error (no URL) importing nothing else
-    # Run as a plain file, the package folder is sys.path[0]; its `operator` must not shadow the stdlib.
+    # Run as a plain file, as a job runs the copy it downloaded: its folder is sys.path[0].
     helped = subprocess.run([sys.executable, "-S", LOGIN, "--help"], capture_output=True, text=True,
                             timeout=30, check=False, env={"PATH": os.environ.get("PATH", "")})
     assert helped.returncode == 0, helped.stderr

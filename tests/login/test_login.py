@@ -104,8 +104,8 @@ def test_profile_format_writes_one_refreshing_profile_per_role(
     processes = [line.split(" = ", 1)[1] for line in text.splitlines() if line.startswith("credential_process")]
     assert len(processes) == 2
     first = shlex.split(processes[0])
-    assert first[:2] == [sys.executable, str(Path(login.__file__).resolve())]
-    assert first[2:] == ["--format", "credential-process", "--url", stand_in.url, "--token-var",
+    assert first[:3] == [sys.executable, "-m", "gitlab_sts.login"]
+    assert first[3:] == ["--format", "credential-process", "--url", stand_in.url, "--token-var",
                          "GITLAB_STS_ID_TOKEN", "--role", ROLE_A, "--duration", "900"]
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     # Running it again replaces the sections instead of adding more.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,7 +258,10 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
                watch: bool = True) -> Flask:
     """Create the exchange service application."""
     configure_logging()
-    app = Flask("gitlab_sts.service")
+    # Paths given, so Flask does not search the `gitlab_sts` namespace package for them (it would trip over
+    # setuptools' editable-install path hook); the app serves no templates, static or instance files.
+    here = os.path.dirname(os.path.abspath(__file__))
+    app = Flask("gitlab_sts.service", root_path=here, instance_path=here)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     svc = Service(paths or ConfigPaths.from_env(), clock=clock)

@@ -38,30 +38,23 @@ jitter (``--retries``, ``--backoff``), honouring ``Retry-After``.
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import json
 import os
+import random
+import re
+import shlex
+import ssl
 import sys
-
-if __name__ == "__main__":
-    # Run as a file from inside the package, this folder is on sys.path and the package's `operator`
-    # subpackage would shadow the standard library module that argparse needs: take the folder off.
-    _HERE = os.path.dirname(os.path.realpath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import http.client  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import ssl  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.parse  # noqa: E402
-import urllib.request  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 (a URN, not a secret)
@@ -341,7 +334,10 @@ def replace_profiles(text: str, sections: dict[str, list[str]]) -> str:
 
 
 def _self_command() -> list[str]:
-    # This file runs on its own with the interpreter running it now: no PATH or venv needed later.
+    """The command that runs this client again with the interpreter running it now (no PATH needed)."""
+    if __package__:
+        # Installed: run the module, not the file, so the package's own folder is not put on sys.path.
+        return [sys.executable, "-m", f"{__package__}.login"]
     return [sys.executable, str(Path(__file__).resolve())]
 
 

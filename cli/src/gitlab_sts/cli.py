@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import shutil
 import signal
 import subprocess
@@ -11,8 +12,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-
-from gitlab_sts import __version__
 
 # Subcommands living in their own modules: (module, function adding the parser).
 _PLUGINS = (
@@ -72,7 +71,7 @@ def _fake_gitlab(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="gitlab-sts", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"gitlab-sts {__version__}")
+    parser.add_argument("--version", action="version", version=f"gitlab-sts {importlib.metadata.version('gitlab-sts')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the exchange service under gunicorn (development)")

@@ -66,7 +66,7 @@ def render(rules: tuple[Rule, ...] = RULES) -> str:
         "watchedRules": [r.as_k8s() for r in rules if r.scope == "watched"],
         "ownRules": [r.as_k8s() for r in rules if r.scope == "own"],
     }
-    header = ("# Generated from gitlab_sts/operator/rbac.py (RULES); do not edit by hand.\n"
+    header = ("# Generated from operator/src/gitlab_sts/operator/rbac.py (RULES); do not edit by hand.\n"
               "# Regenerate: python -m gitlab_sts.operator.rbac > charts/gitlab-sts/files/operator-rbac.yaml\n"
               f"# The chart replaces {BINDINGS_CONFIGMAP}, {KEYS_SECRET}, {STATUS_CONFIGMAP} and\n"
               f"# {PINNED_JWKS_CONFIGMAP} with the configured names.\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from gitlab_sts.core.keys import KEYSET_FILE, development_ring, render_keyring
 
-GUNICORN_CONF = Path(__file__).resolve().parent / "service" / "gunicorn.conf.py"
+GUNICORN_CONF = Path(str(importlib.resources.files("gitlab_sts.service").joinpath("gunicorn.conf.py")))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
