@@ -188,3 +188,4 @@ def test_unknown_path_and_method_are_json(service: Service) -> None:
     answer = requests.get(service.url + "/v1/token", timeout=10)
     assert answer.status_code == 405
     assert answer.json()["error"] == "invalid_request"
+    assert "POST" in answer.headers["Allow"].split(", ")  # RFC 9110: a 405 names the allowed methods

@@ -27,12 +27,49 @@ class ExchangeError(Exception):
         out.update(self.details)
         return out
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers this refusal needs besides the JSON body (none by default)."""
+        return {}
+
 
 class InvalidRequest(ExchangeError):
     """Malformed request, or a subject token that is bad, expired or untrusted."""
 
     error = "invalid_request"
     status = 400
+
+
+class HttpRefusal(InvalidRequest):
+    """A request the HTTP layer refused before any exchange rule ran (unknown path, bad framing)."""
+
+    def __init__(self, description: str, *, status: int) -> None:
+        super().__init__(description, reason=f"http_{status}")
+        self.status = status
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than the service reads."""
+
+    status = 413
+    reason = "too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The path exists but not for this method; the answer names the allowed ones (RFC 9110 Allow)."""
+
+    status = 405
+    reason = "http_405"
+
+    def __init__(self, description: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(description)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        """The Allow header."""
+        return {"Allow": ", ".join(self.allow)} if self.allow else {}
 
 
 class UnsupportedGrantType(ExchangeError):
@@ -57,6 +94,17 @@ class TemporarilyUnavailable(ExchangeError):
     error = "temporarily_unavailable"
     status = 503
     reason = "unavailable"
+
+
+class ServerError(ExchangeError):
+    """An unexpected failure inside the service; the caller learns nothing about internals."""
+
+    error = "server_error"
+    status = 500
+    reason = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error")
 
 
 class ConfigError(Exception):

@@ -80,6 +80,25 @@ def parse_form(form: dict[str, list[str]], *, max_token_bytes: int) -> ExchangeR
     return ExchangeRequest(token.strip(), resource, audience)
 
 
+def parse_duration(form: dict[str, list[str]]) -> int | None:
+    """The optional duration_seconds of /v1/credentials, within what AssumeRoleWithWebIdentity accepts."""
+    values = form.get("duration_seconds")
+    if not values:
+        return None
+    try:
+        value = int(values[0])
+    except ValueError:
+        value = 0
+    if not 900 <= value <= 43200:
+        raise InvalidRequest("duration_seconds must be an integer from 900 to 43200", reason="bad_form")
+    return value
+
+
+def role_session_name(claims: dict[str, Any]) -> str:
+    """gitlab-<project_id>-<job_id>, within STS's 2-64 characters of [\\w+=,.@-]."""
+    return f"gitlab-{claims.get('project_id')}-{claims.get('job_id')}"[:64]
+
+
 @dataclass(frozen=True)
 class Decision:
     """A binding chosen for a verified token, with its grant."""

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,25 +57,41 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-def audit(*, endpoint: str, result: str, reason: str, token: str | None, claims: dict[str, Any] | None,
-          binding: str | None = None, role_arn: str | None = None, jti: str | None = None,
-          kid: str | None = None, error: str | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """The facts of one exchange decision; the token itself is only ever written as its SHA-256."""
+
+    endpoint: str
+    result: str  # issued, explained or denied
+    reason: str  # "ok", or the refusal's bounded reason (also a metric label)
+    token: str | None = None
+    claims: dict[str, Any] | None = None
+    binding: str | None = None
+    role_arn: str | None = None
+    jti: str | None = None
+    kid: str | None = None
+    error: str | None = None
+
+
+def write_audit(event: AuditEvent) -> None:
     """Write one audit line for one decision (claims are picked, the token is only hashed)."""
-    record: dict[str, Any] = {"event": "exchange", "endpoint": endpoint, "result": result, "reason": reason}
-    if token is not None:
-        record["token_sha256"] = token_digest(token)
+    if not AUDIT.isEnabledFor(logging.INFO):
+        return
+    record: dict[str, Any] = {"event": "exchange", "endpoint": event.endpoint, "result": event.result,
+                              "reason": event.reason}
+    if event.token is not None:
+        record["token_sha256"] = token_digest(event.token)
+    claims = event.claims
     if claims:
         record["issuer"] = claims.get("iss") if isinstance(claims.get("iss"), str) else None
         for name in AUDIT_CLAIMS:
             if name in claims:
                 record[name] = claims[name]
-    for key, value in (("binding", binding), ("role_arn", role_arn), ("jti", jti), ("kid", kid),
-                       ("error", error)):
+    for key, value in (("binding", event.binding), ("role_arn", event.role_arn), ("jti", event.jti),
+                       ("kid", event.kid), ("error", event.error)):
         if value is not None:
             record[key] = value
-    if not AUDIT.isEnabledFor(logging.INFO):
-        return
     # The hot path: one json.dumps here instead of the generic formatter walking the LogRecord.
     line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "info",
-            "logger": AUDIT.name, "message": f"exchange {result}", **record}
-    AUDIT.info("exchange %s", result, extra={"_line": json.dumps(line, default=str, separators=(",", ":"))})
+            "logger": AUDIT.name, "message": f"exchange {event.result}", **record}
+    AUDIT.info("exchange %s", event.result, extra={"_line": json.dumps(line, default=str, separators=(",", ":"))})

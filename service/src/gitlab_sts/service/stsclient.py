@@ -56,15 +56,15 @@ class StsError(Exception):
         self.status = status
         self.retryable = retryable
 
-    def exchange_error(self, role_arn: str) -> ExchangeError:
-        """The RFC 6749 error the service answers with for this STS failure."""
+    def exchange_error(self, role_arn: str, /, **details: Any) -> ExchangeError:
+        """The RFC 6749 error the service answers with for this STS failure (details go into its body)."""
         said = f"AWS STS answered {self.code}: {self.message}"
         if self.retryable:
             return TemporarilyUnavailable(f"AWS STS is unavailable for {role_arn} ({said})", reason="sts_unavailable",
-                                          sts_error=self.code)
+                                          sts_error=self.code, **details)
         if self.code in _REQUEST_CODES:
             return InvalidRequest(f"AWS STS refused the request for {role_arn} ({said})", reason="sts_invalid_request",
-                                  sts_error=self.code)
+                                  sts_error=self.code, **details)
         if self.code == "AccessDenied":
             hint = ("the role's trust policy must trust this service's OIDC provider and this binding's sub "
                     "(see the binding's status.trustPolicy)")
@@ -72,7 +72,7 @@ class StsError(Exception):
             hint = ("the role's account needs an IAM OIDC provider for this service's issuer URL, with the "
                     "token's audience among its client IDs")
         return InvalidTarget(f"AWS STS refused {role_arn} ({said}); {hint}", reason="sts_refused",
-                             sts_error=self.code)
+                             sts_error=self.code, **details)
 
 
 def _classify(exc: Exception) -> StsError:

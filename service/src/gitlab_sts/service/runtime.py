@@ -1,0 +1,125 @@
+"""The per-process state of the exchange service: config snapshots, GitLab key cache, STS client, clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore
+from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
+from gitlab_sts.service import metrics
+from gitlab_sts.service.exchange import Collaborators
+from gitlab_sts.service.jwks import JwksCache
+from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.state import ConfigState, Snapshot
+from gitlab_sts.service.stsclient import StsClient
+
+
+class Service:
+    """What one worker process keeps between requests (built once by create_app)."""
+
+    def __init__(self, paths: ConfigPaths, clock: Callable[[], float] = time.time) -> None:
+        self.state = ConfigState(paths)
+        self.clock = clock
+        snapshot = self.state.current()
+        self.jwks = JwksCache(snapshot.settings.jwks if snapshot.settings else JwksSettings())
+        self.development_keys = paths.development_keys
+        self._sts: tuple[StsSettings, StsClient] | None = None
+        # Used when settings turn on tokens.replayProtection (per process; see core.replay).
+        self.replay: ReplayStore = MemoryReplayStore()
+        self.collaborators = Collaborators(gitlab_keys=self.jwks, replay=self.replay, sts=self.sts)
+
+    def sts(self, settings: StsSettings) -> StsClient:
+        """The STS client for the current settings (rebuilt only when they change)."""
+        current = self._sts
+        if current is None or current[0] != settings:
+            client = StsClient(settings.endpoint, region=settings.region, timeout=settings.timeout,
+                               ca_bundle=settings.ca_bundle)
+            current = self._sts = (settings, client)
+        return current[1]
+
+    def snapshot(self) -> Snapshot:
+        """Current config; updates the key-cache settings when settings changed."""
+        snap = self.state.current()
+        if snap.settings is not None and snap.settings.jwks is not self.jwks.settings:
+            self.jwks.configure(snap.settings.jwks)
+        return snap
+
+    def now(self) -> datetime:
+        """The current time (injectable for tests)."""
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the service can exchange tokens, and why not."""
+        snap = self.snapshot()
+        problems = []
+        if snap.settings is None:
+            problems.append("settings not loaded")
+        if snap.index is None:
+            problems.append("bindings not loaded")
+        key = snap.keys.signing_key(self.now()) if snap.keys else None
+        if key is None:
+            problems.append("no signing key is active")
+        detail: dict[str, Any] = {
+            "ready": not problems, "problems": problems,
+            "errors": snap.errors,  # a file that failed to load (the last good one is still used)
+            "bindings": len(snap.index) if snap.index else 0,
+            "bindings_sha256": snap.bindings_digest,
+            # Runner jobs can reach /readyz: a count only, the details (names, errors) go to the log.
+            "rejected_bindings": len(snap.rejected),
+            "signing_kid": key.kid if key else None,
+            "development_keys": self.development_keys,
+            "issuer": snap.settings.issuer if snap.settings else None,
+            "gitlab": self.jwks.status(),
+        }
+        if snap.settings is not None:
+            s = snap.settings
+            # The issuer URL AWS reads: the service's own routes (Ingress) and/or the operator's S3 copy.
+            detail["publishing"] = {"issuer": s.issuer, "jwks_uri": s.jwks_uri, "via": list(s.publish.via)}
+            warnings = pinned_warnings(s, self.now(), snap.pinned_from_operator)
+            if warnings:
+                detail["warnings"] = warnings  # a stale pinned key set still verifies: warn, stay ready
+        return not problems, detail
+
+    def update_gauges(self) -> None:
+        """Set the gauges that describe time rather than events (signing key age, pinned key set age)."""
+        snap = self.snapshot()
+        now = self.now()
+        key = snap.keys.signing_key(now) if snap.keys else None
+        if key is not None:
+            metrics.KEY_AGE.set((now - key.activate_at).total_seconds())
+            metrics.KEY_REMAINING.set((key.retire_at - now).total_seconds())
+        if snap.settings is not None:
+            pinned_warnings(snap.settings, now, snap.pinned_from_operator)
+
+
+def pinned_warnings(settings: Settings, now: datetime, from_operator: frozenset[str] = frozenset()) -> list[str]:
+    """Warnings for pinned GitLab key sets older than pinnedMaxAgeDays; also sets the age metric.
+
+    settings are the effective ones (Snapshot.settings): for the issuers in from_operator, jwks and pinnedAt
+    are the operator's refreshed copy and its fetchedAt, so the age is that copy's.
+    """
+    out = []
+    for inst in settings.gitlab:
+        if inst.jwks is None or inst.pinned_at is None:
+            continue
+        age = now - inst.pinned_at
+        metrics.PINNED_JWKS_AGE.labels(issuer=inst.issuer).set(age.total_seconds())
+        if age.days < inst.pinned_max_age_days:
+            continue
+        if inst.issuer in from_operator:
+            out.append(f"the pinned JWKS of {inst.issuer} was last fetched by the operator from "
+                       f"{inst.pinned_jwks_source} {age.days} days ago (fetchedAt), more than "
+                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: the refresh is failing; see the operator's "
+                       "log and the pinned-jwks.json entry of its status ConfigMap")
+        elif inst.pinned_jwks_source is not None:
+            out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt) and the "
+                       f"operator has not fetched a newer copy from {inst.pinned_jwks_source}, more than "
+                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: see the operator's log and status ConfigMap")
+        else:
+            out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt), more than "
+                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: if GitLab rotated its CI signing key, its "
+                       "tokens fail with unknown_kid; copy the key set again and update pinnedAt")
+    return out
