@@ -7,12 +7,26 @@ from typing import Any
 
 
 class ExchangeError(Exception):
-    """A refusal the HTTP layer renders as an RFC 6749 section 5.2 body."""
+    """A refusal the HTTP layer renders as an RFC 6749 section 5.2 body.
+
+    Each subclass names its RFC 6749 code, HTTP status and default reason in its class line, e.g.
+    `class InvalidTarget(ExchangeError, error="invalid_target", status=403, reason="no_binding")`.
+    """
 
     error = "invalid_request"
     status = 400
     # A short machine-readable reason for metrics and audit lines (bounded cardinality).
     reason = "invalid_request"
+
+    def __init_subclass__(cls, *, error: str | None = None, status: int | None = None,
+                          reason: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if error is not None:
+            cls.error = error
+        if status is not None:
+            cls.status = status
+        if reason is not None:
+            cls.reason = reason
 
     def __init__(self, description: str, *, reason: str | None = None, **details: Any) -> None:
         super().__init__(description)
@@ -32,11 +46,8 @@ class ExchangeError(Exception):
         return {}
 
 
-class InvalidRequest(ExchangeError):
+class InvalidRequest(ExchangeError, error="invalid_request", status=400):
     """Malformed request, or a subject token that is bad, expired or untrusted."""
-
-    error = "invalid_request"
-    status = 400
 
 
 class HttpRefusal(InvalidRequest):
@@ -47,21 +58,15 @@ class HttpRefusal(InvalidRequest):
         self.status = status
 
 
-class PayloadTooLarge(InvalidRequest):
+class PayloadTooLarge(InvalidRequest, status=413, reason="too_large"):
     """The request body is larger than the service reads."""
-
-    status = 413
-    reason = "too_large"
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"the request body is larger than {limit} bytes")
 
 
-class MethodNotAllowed(InvalidRequest):
+class MethodNotAllowed(InvalidRequest, status=405, reason="http_405"):
     """The path exists but not for this method; the answer names the allowed ones (RFC 9110 Allow)."""
-
-    status = 405
-    reason = "http_405"
 
     def __init__(self, description: str, *, allow: tuple[str, ...]) -> None:
         super().__init__(description)
@@ -72,36 +77,21 @@ class MethodNotAllowed(InvalidRequest):
         return {"Allow": ", ".join(self.allow)} if self.allow else {}
 
 
-class UnsupportedGrantType(ExchangeError):
+class UnsupportedGrantType(ExchangeError, error="unsupported_grant_type", status=400,
+                           reason="unsupported_grant_type"):
     """The grant type is not RFC 8693 token exchange."""
 
-    error = "unsupported_grant_type"
-    status = 400
-    reason = "unsupported_grant_type"
 
-
-class InvalidTarget(ExchangeError):
+class InvalidTarget(ExchangeError, error="invalid_target", status=403, reason="no_binding"):
     """The token is valid but no binding lets it have the requested role."""
 
-    error = "invalid_target"
-    status = 403
-    reason = "no_binding"
 
-
-class TemporarilyUnavailable(ExchangeError):
+class TemporarilyUnavailable(ExchangeError, error="temporarily_unavailable", status=503, reason="unavailable"):
     """A dependency (GitLab keys, signing key) is not usable right now."""
 
-    error = "temporarily_unavailable"
-    status = 503
-    reason = "unavailable"
 
-
-class ServerError(ExchangeError):
+class ServerError(ExchangeError, error="server_error", status=500, reason="internal_error"):
     """An unexpected failure inside the service; the caller learns nothing about internals."""
-
-    error = "server_error"
-    status = 500
-    reason = "internal_error"
 
     def __init__(self) -> None:
         super().__init__("internal error")
