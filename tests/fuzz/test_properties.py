@@ -78,7 +78,7 @@ def test_parse_compact_raises_only_invalid_request(text: str) -> None:
 @given(form=st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), st.lists(st.text(max_size=40), max_size=3)))
 def test_parse_form_raises_only_exchange_errors(form: dict[str, list[str]]) -> None:
     try:
-        parse_form(form, max_token_bytes=16384)
+        parse_form(form)
     except ExchangeError as exc:
         status = exc.status
         assert 400 <= status < 500

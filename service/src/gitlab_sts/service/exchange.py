@@ -120,7 +120,7 @@ def exchange(endpoint: Endpoint, form: Form, snapshot: Snapshot, via: Collaborat
     try:
         duration = parse_duration(form) if endpoint == "/v1/credentials" else None
         ready = require_ready(snapshot)
-        request = parse_form(form, max_token_bytes=ready.settings.tokens.max_token_bytes)
+        request = parse_form(form)
         token = request.subject_token
         verified = verify_gitlab_token(token, settings=ready.settings, keys=via.gitlab_keys, now=now)
         claims = verified.claims
