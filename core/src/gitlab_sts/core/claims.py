@@ -25,6 +25,9 @@ REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "project_id", "project_pat
                    "namespace_path", "job_id", "pipeline_id", "ref", "ref_type")
 BOOLEAN_STRING_CLAIMS = ("ref_protected", "environment_protected")
 DIGIT_STRING_CLAIMS = ("project_id", "namespace_id", "job_id", "pipeline_id", "user_id")
+NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
+# Largest accepted exp/iat/nbf (2^53, JSON's safe integer range; about 285 million years).
+MAX_NUMERIC_DATE = 2**53
 
 
 def check_types(claims: Mapping[str, Any]) -> None:
@@ -61,6 +64,13 @@ def check_types(claims: Mapping[str, Any]) -> None:
     level = claims.get("user_access_level")
     if level is not None and level not in ACCESS_LEVELS:
         raise InvalidRequest("claim 'user_access_level' is not a known GitLab role", reason="claim_type")
-    for name in ("exp", "iat", "nbf"):
-        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int)):
+    for name in NUMERIC_DATE_CLAIMS:
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRequest(f"claim {name!r} must be an integer", reason="claim_type")
+        # A NumericDate outside 1970..2^53 s is no real time: a negative iat or a 400-digit exp would
+        # otherwise pass the time comparisons (the latter as a token that never expires).
+        if not 0 < value < MAX_NUMERIC_DATE:
+            raise InvalidRequest(f"claim {name!r} is not a plausible time", reason="claim_type")
