@@ -55,7 +55,8 @@ def test_project_selector(project: dict[str, str], claims: dict[str, Any], ok: b
     binding = compile_spec(project=project)
     failure = binding.evaluate(gitlab_claims(**claims))
     assert (failure is None) is ok
-    assert binding.covers_project(gitlab_claims(**claims)) is ok
+    # The index finds a binding for exactly the tokens its project check accepts (one rule: project_keys).
+    assert (binding in BindingIndex([binding], default_issuer=GITLAB).for_token(GITLAB, gitlab_claims(**claims))) is ok
     if failure is not None:
         assert failure.rule == "project." + next(iter(project))
         assert failure.claim in ("project_path", "project_id")

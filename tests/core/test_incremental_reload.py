@@ -53,7 +53,7 @@ def document(entries: list[Any], *, sha: str | None = None, rendered: bool = Tru
 def view(loaded: LoadedBindings) -> dict[str, Any]:
     """Everything observable about a load: bindings (spec and behaviour), rejections, digest, source, raw."""
     def binding(b: CompiledBinding) -> tuple[Any, ...]:
-        return (b.key, normalised_spec(b), b.cel_source, len(b.checks), tuple(b.evaluate(c) for c in CLAIMS))
+        return (b.key, normalised_spec(b), len(b.checks), tuple(b.evaluate(c) for c in CLAIMS))
     return {"bindings": [binding(b) for b in loaded.bindings], "rejected": loaded.rejected,
             "digest": loaded.digest, "source": loaded.source, "raw": loaded.raw}
 

@@ -125,7 +125,6 @@ class CompiledBinding:
     name: str
     spec: BindingSpec
     checks: tuple[Check, ...] = field(repr=False)
-    cel_source: str | None = None
 
     @property
     def key(self) -> str:
@@ -144,10 +143,6 @@ class CompiledBinding:
             if failure is not None:
                 return failure
         return None
-
-    def covers_project(self, claims: Mapping[str, Any]) -> bool:
-        """Whether the project selector names the token's project."""
-        return _project_check(self.spec.project)(claims) is None
 
     def grant(self, claims: Mapping[str, Any], *, default_audience: str, default_lifetime: int,
               max_lifetime: int) -> Grant | RuleFailure:
@@ -182,19 +177,46 @@ def _claim_text(value: Any) -> str:
     return str(value)
 
 
-def _project_check(sel: ProjectSelector) -> Check:
+ProjectKey = tuple[str, str]
+
+
+def selector_key(sel: ProjectSelector) -> ProjectKey:
+    """The one project key a selector names: ("id", id), ("path", path) or ("namespace", group), case-folded."""
     if sel.id is not None:
-        want = sel.id
-        return lambda c: None if c.get("project_id") == want else RuleFailure(
-            "project.id", "project_id", want, c.get("project_id"))
+        return ("id", sel.id)
     if sel.path is not None:
-        path = sel.path.casefold()
-        return lambda c: None if str(c.get("project_path", "")).casefold() == path else RuleFailure(
-            "project.path", "project_path", sel.path, c.get("project_path"))
+        return ("path", sel.path.casefold())
     assert sel.namespace is not None
-    prefix = sel.namespace.casefold().rstrip("/") + "/"
-    return lambda c: None if str(c.get("project_path", "")).casefold().startswith(prefix) else RuleFailure(
-        "project.namespace", "project_path", f"a project under {sel.namespace}/", c.get("project_path"))
+    return ("namespace", sel.namespace.casefold().rstrip("/"))
+
+
+def project_keys(claims: Mapping[str, Any]) -> list[ProjectKey]:
+    """Every key that names the token's project: its id, its path and each group above it.
+
+    A selector matches a token exactly when selector_key(selector) is in this list; BindingIndex looks
+    these keys up, and a single binding's project check tests membership.
+    """
+    keys: list[ProjectKey] = []
+    project_id, project_path = claims.get("project_id"), claims.get("project_path")
+    if isinstance(project_id, str):
+        keys.append(("id", project_id))
+    if isinstance(project_path, str):
+        path = project_path.casefold()
+        keys.append(("path", path))
+        parts = path.split("/")
+        keys.extend(("namespace", "/".join(parts[:i])) for i in range(1, len(parts)))
+    return keys
+
+
+def _project_check(sel: ProjectSelector) -> Check:
+    key = selector_key(sel)
+    if sel.id is not None:
+        rule, claim, expected = "project.id", "project_id", sel.id
+    elif sel.path is not None:
+        rule, claim, expected = "project.path", "project_path", sel.path
+    else:
+        rule, claim, expected = "project.namespace", "project_path", f"a project under {sel.namespace}/"
+    return lambda c: None if key in project_keys(c) else RuleFailure(rule, claim, expected, c.get(claim))
 
 
 def _globs_check(rule: str, claim: str, patterns: tuple[str, ...], errors: list[FieldError]) -> Check | None:
@@ -418,8 +440,7 @@ def compile_binding(namespace: str, name: str, spec: Mapping[str, Any]) -> Compi
     checks.extend(c for c in optional if c is not None)
     if errors:
         raise CompileError(errors)
-    return CompiledBinding(namespace=namespace, name=name, spec=model, checks=tuple(checks),
-                           cel_source=r.condition)
+    return CompiledBinding(namespace=namespace, name=name, spec=model, checks=tuple(checks))
 
 
 def compile_manifest(doc: Mapping[str, Any]) -> CompiledBinding:
@@ -456,9 +477,7 @@ class BindingIndex:
     """Bindings indexed by issuer and project so a lookup never scans them all."""
 
     def __init__(self, bindings: Iterable[CompiledBinding], *, default_issuer: str | None) -> None:
-        self._by_id: dict[tuple[str, str], list[CompiledBinding]] = {}
-        self._by_path: dict[tuple[str, str], list[CompiledBinding]] = {}
-        self._by_ns: dict[tuple[str, str], list[CompiledBinding]] = {}
+        self._by_key: dict[tuple[str, ProjectKey], list[CompiledBinding]] = {}
         self.bindings: tuple[CompiledBinding, ...] = tuple(sorted(bindings, key=lambda b: b.key))
         self.unresolved: list[CompiledBinding] = []
         for b in self.bindings:
@@ -466,13 +485,7 @@ class BindingIndex:
             if issuer is None:
                 self.unresolved.append(b)
                 continue
-            sel = b.spec.project
-            if sel.id is not None:
-                self._by_id.setdefault((issuer, sel.id), []).append(b)
-            elif sel.path is not None:
-                self._by_path.setdefault((issuer, sel.path.casefold()), []).append(b)
-            elif sel.namespace is not None:
-                self._by_ns.setdefault((issuer, sel.namespace.casefold().rstrip("/")), []).append(b)
+            self._by_key.setdefault((issuer, selector_key(b.spec.project)), []).append(b)
 
     def __len__(self) -> int:
         return len(self.bindings)
@@ -480,12 +493,8 @@ class BindingIndex:
     def for_token(self, issuer: str, claims: Mapping[str, Any]) -> list[CompiledBinding]:
         """The bindings whose project selector names this token's project, in name order."""
         found: list[CompiledBinding] = []
-        found.extend(self._by_id.get((issuer, str(claims.get("project_id"))), ()))
-        path = str(claims.get("project_path", "")).casefold()
-        found.extend(self._by_path.get((issuer, path), ()))
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            found.extend(self._by_ns.get((issuer, "/".join(parts[:i])), ()))
+        for key in project_keys(claims):
+            found.extend(self._by_key.get((issuer, key), ()))
         found.sort(key=lambda b: b.key)
         return found
 
