@@ -78,6 +78,23 @@ def test_size_and_json_limits() -> None:
         parse_jwks_bytes(b"<html>")
 
 
+@pytest.mark.parametrize(("fetched_at", "needle"), [
+    (None, "fetchedAt is not an ISO 8601 time"),
+    ("yesterday", "fetchedAt is not an ISO 8601 time"),
+    ("2030-01-01T00:00:00", "fetchedAt must carry a time zone"),
+])
+def test_fetched_at_must_be_a_zoned_time(fetched_at: Any, needle: str) -> None:
+    text = json.dumps({"issuer": "https://gitlab.airgap.example", "fetchedAt": fetched_at, "jwks": jwks("a")})
+    with pytest.raises(ConfigError, match=f"^copy: {needle}$"):
+        parse_copy(text, "copy")
+
+
+def test_fetched_at_is_kept_in_utc() -> None:
+    text = json.dumps({"issuer": "https://gitlab.airgap.example", "fetchedAt": "2030-01-01T02:00:00+02:00",
+                       "jwks": jwks("a")})
+    assert parse_copy(text).fetched_at == PINNED_AT and parse_copy(text).fetched_at.tzinfo == UTC
+
+
 def test_newer_copy_rules() -> None:
     s = settings()
     inst = s.gitlab[1]

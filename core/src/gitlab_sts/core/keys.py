@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import ECKey, RSAKey
 
 from gitlab_sts.core.errors import ConfigError
-from gitlab_sts.core.timefmt import rfc3339
+from gitlab_sts.core.timefmt import TimestampError, parse_rfc3339, rfc3339
 
 KEYSET_FILE = "keyset.json"
 # AWS caches JWKS for an undocumented time; a key must be published this long before it signs.
@@ -23,15 +23,10 @@ SigningKey = RSAKey | ECKey
 
 
 def _parserfc3339(value: Any, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be an RFC 3339 timestamp string")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{what} is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise ConfigError(f"{what} must carry a time zone")
-    return parsed.astimezone(UTC)
+        return parse_rfc3339(value)
+    except TimestampError as exc:
+        raise ConfigError(f"{what} {exc}") from None
 
 
 @dataclass(frozen=True)

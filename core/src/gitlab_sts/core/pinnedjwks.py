@@ -20,7 +20,7 @@ from joserfc.jwk import KeySet
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import PRIVATE_MEMBERS
 from gitlab_sts.core.settings import GitLabInstance, Settings
-from gitlab_sts.core.timefmt import rfc3339
+from gitlab_sts.core.timefmt import TimestampError, parse_rfc3339, rfc3339
 
 # The ConfigMap the operator writes (the chart mounts it in the service pods).
 CONFIGMAP = "gitlab-sts-pinned-jwks"
@@ -95,11 +95,10 @@ def parse_copy(text: str, source: str = "pinned key set") -> PinnedCopy:
     if not isinstance(doc, dict) or not isinstance(doc.get("issuer"), str):
         raise ConfigError(f"{source}: expected an object with issuer, fetchedAt and jwks")
     try:
-        fetched_at = datetime.fromisoformat(str(doc.get("fetchedAt")).replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{source}: fetchedAt is not an ISO 8601 time") from None
-    if fetched_at.tzinfo is None:
-        raise ConfigError(f"{source}: fetchedAt must carry a time zone")
+        fetched_at = parse_rfc3339(doc.get("fetchedAt"))
+    except TimestampError as exc:
+        what = "must carry a time zone" if exc.problem == "zone" else "is not an ISO 8601 time"
+        raise ConfigError(f"{source}: fetchedAt {what}") from None
     try:
         jwks = check_public_jwks(doc.get("jwks"))
     except ConfigError as exc:

@@ -31,7 +31,7 @@ from gitlab_sts.core.publishing import (
     track_published,
 )
 from gitlab_sts.core.settings import S3Publish, Settings
-from gitlab_sts.core.timefmt import parse_rfc3339, rfc3339_or_none
+from gitlab_sts.core.timefmt import parse_rfc3339_or_none, rfc3339_or_none
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
 from gitlab_sts.operator.statusmap import StatusKey
@@ -153,10 +153,10 @@ class Publisher:
         since = s3.get("publishedSince")
         if isinstance(since, dict):
             for kid, stamp in since.items():
-                parsed = parse_rfc3339(stamp)
+                parsed = parse_rfc3339_or_none(stamp)
                 if isinstance(kid, str) and parsed is not None:
                     self.since[kid] = parsed
-        self.last_upload = parse_rfc3339(s3.get("lastUploadAt"))
+        self.last_upload = parse_rfc3339_or_none(s3.get("lastUploadAt"))
 
     async def _read_jwks(self, store: ObjectStore, target: S3Publish) -> tuple[bytes | None, dict[str, Any] | None]:
         raw = await asyncio.to_thread(store.get, target.key(JWKS))
