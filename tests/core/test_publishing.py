@@ -19,7 +19,6 @@ from gitlab_sts.core.publishing import (
     discovery_document,
     documents,
     gate,
-    plan_published,
     track_published,
 )
 from gitlab_sts.core.settings import parse_settings
@@ -264,10 +263,3 @@ def test_s3_settings_refused(text: str, error: str) -> None:
 def test_publish_defaults_to_ingress() -> None:
     s = parse_settings("issuer: https://sts.example.com" + BASE)
     assert s.publish.via == ("ingress",) and s.publish.s3 is None
-
-
-def test_plan_published_is_plan_then_gate() -> None:
-    ring, a, b = steady_ring()
-    now = T0 + 5 * D + 12 * H
-    out = plan_published(ring, now, POLICY, {a.kid: T0}, es256)
-    assert next(k for k in out.ring.keys if k.kid == b.kid).activate_at == now + POLICY.lead + RETRY_SLACK

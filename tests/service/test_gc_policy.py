@@ -182,8 +182,7 @@ def test_gunicorn_workers_turn_the_policy_on(tmp_path: Path, monkeypatch: pytest
     conf = runpy.run_path(str(GUNICORN_CONF))
     try:
         conf["post_worker_init"](None)
-        assert gcpolicy.enabled()
         assert gc.get_freeze_count() > 0
     finally:
         gcpolicy.disable()
-    assert not gcpolicy.enabled() and gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0

@@ -89,7 +89,6 @@ class LoadedBindings:
     rejected: tuple[Rejected, ...] = ()
     digest: str = ""
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
     # The document exactly as read (empty for manifests): saving it avoids re-rendering 10,000 bindings.
     raw: bytes = field(default=b"", repr=False)
     # What each document entry became, by the entry's canonical JSON: the next parse of a changed document

@@ -22,8 +22,6 @@ from gitlab_sts.core.keys import PRIVATE_MEMBERS
 from gitlab_sts.core.settings import GitLabInstance, Settings
 from gitlab_sts.core.timefmt import TimestampError, parse_rfc3339, rfc3339
 
-# The ConfigMap the operator writes (the chart mounts it in the service pods).
-CONFIGMAP = "gitlab-sts-pinned-jwks"
 # A fetched key set larger than this is refused (GitLab's holds one or two RSA keys, ~1 KiB).
 MAX_JWKS_BYTES = 256 * 1024
 

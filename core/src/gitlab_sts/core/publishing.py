@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from gitlab_sts.core.keys import PRIVATE_MEMBERS, KeyRing, ManagedKey, Plan, RotationPolicy, generate_key, plan
+from gitlab_sts.core.keys import PRIVATE_MEMBERS, KeyRing, ManagedKey, Plan, RotationPolicy
 
 DISCOVERY = "openid-configuration"
 JWKS = "jwks.json"
@@ -165,12 +165,6 @@ def gate(before: KeyRing, proposed: Plan, now: datetime, policy: RotationPolicy,
             extended.append(kid)
     ring = KeyRing(tuple(sorted(out, key=lambda k: (k.activate_at, k.kid))))
     return Plan(ring, proposed.added, proposed.removed, tuple(dict.fromkeys(extended)), proposed.notes + tuple(notes))
-
-
-def plan_published(ring: KeyRing, now: datetime, policy: RotationPolicy, published_since: Mapping[str, datetime],
-                   new_key: Any = generate_key, slack: timedelta = RETRY_SLACK) -> Plan:
-    """core.keys.plan, then gate(): the rotation plan when an external copy of the JWKS is what AWS reads."""
-    return gate(ring, plan(ring, now, policy, new_key), now, policy, published_since, slack)
 
 
 def delayed_keys(ring: KeyRing, now: datetime, published_since: Mapping[str, datetime],

@@ -38,11 +38,6 @@ _lock = threading.Lock()
 _enabled = False
 
 
-def enabled() -> bool:
-    """Whether reloads freeze what they loaded."""
-    return _enabled
-
-
 def enable() -> None:
     """Collect once and freeze everything alive; from then on reloads freeze what they add past REFREEZE_AT."""
     global _enabled

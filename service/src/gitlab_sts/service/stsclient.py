@@ -132,11 +132,3 @@ class StsClient:
                 assumed_role_arn=answer.get("AssumedRoleUser", {}).get("Arn", ""),
                 subject=answer.get("SubjectFromWebIdentityToken", ""), source_identity=answer.get("SourceIdentity"))
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def assume_role_with_web_identity(endpoint: str, role_arn: str, token: str, session_name: str,
-                                  duration: int | None = None, *, timeout: float = 5.0,
-                                  ca_bundle: str | None = None, region: str = "us-east-1") -> dict[str, Any]:
-    """One-shot helper: credential_process JSON for a role (builds a client each call; prefer StsClient)."""
-    client = StsClient(endpoint, region=region, timeout=timeout, ca_bundle=ca_bundle)
-    return client.assume_role_with_web_identity(role_arn, token, session_name, duration).credential_process()
