@@ -18,6 +18,7 @@ from gitlab_sts.core.pinnedjwks import (
     newer_copy,
     parse_copy,
     parse_jwks_bytes,
+    pinned_ages,
     render_copy,
 )
 from gitlab_sts.core.settings import parse_settings
@@ -118,3 +119,31 @@ def test_apply_copies_replaces_only_the_pinned_instance() -> None:
     assert effective.gitlab[1].pinned_jwks_source == s.gitlab[1].pinned_jwks_source
     assert s.gitlab[1].jwks is not None and s.gitlab[1].jwks["keys"][0]["kid"] == "settings"  # unchanged
     assert apply_copies(s, {}) == (s, frozenset())
+
+
+AIRGAP = "https://gitlab.airgap.example"
+LIMIT = timedelta(days=90)  # pinnedMaxAgeDays' default
+
+
+@pytest.mark.parametrize(("since", "warns"), [
+    (timedelta(0), False), (LIMIT - timedelta(seconds=1), False), (LIMIT, True), (LIMIT * 3, True),
+], ids=["fresh", "a-second-before-the-limit", "at-the-limit", "long-past"])
+def test_pinned_age_warns_from_pinned_max_age_days(since: timedelta, warns: bool) -> None:
+    (pinned,) = pinned_ages(settings(), PINNED_AT + since)
+    assert (pinned.issuer, pinned.age) == (AIRGAP, since)
+    assert (pinned.warning is not None) is warns
+
+
+@pytest.mark.parametrize(("source", "from_operator", "words"), [
+    (None, frozenset(), "copy the key set again and update pinnedAt"),
+    ("https://keys.internal/a.json", frozenset(), "has not fetched a newer copy from https://keys.internal/a.json"),
+    ("https://keys.internal/a.json", frozenset({AIRGAP}), "last fetched by the operator"),
+], ids=["hand-copied", "operator-never-fetched", "operator-refresh-failing"])
+def test_pinned_age_warning_says_what_to_do(source: str | None, from_operator: frozenset[str], words: str) -> None:
+    (pinned,) = pinned_ages(settings(source=source), PINNED_AT + timedelta(days=200), from_operator)
+    assert pinned.warning is not None
+    assert words in pinned.warning and "200 days ago" in pinned.warning and "pinnedMaxAgeDays=90" in pinned.warning
+
+
+def test_pinned_age_needs_pinned_at() -> None:
+    assert pinned_ages(settings(source=None, pinned_at=None), PINNED_AT + LIMIT * 5) == []

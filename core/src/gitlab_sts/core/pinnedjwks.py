@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import KeySet
@@ -134,3 +134,44 @@ def apply_copies(settings: Settings, copies: Mapping[str, PinnedCopy]) -> tuple[
     if not used:
         return settings, frozenset()
     return settings.model_copy(update={"gitlab": tuple(instances)}), frozenset(used)
+
+
+@dataclass(frozen=True)
+class PinnedAge:
+    """How old an instance's pinned key set is, and the warning when it is older than pinnedMaxAgeDays."""
+
+    issuer: str
+    age: timedelta
+    warning: str | None
+
+
+def pinned_ages(settings: Settings, now: datetime, from_operator: frozenset[str] = frozenset()) -> list[PinnedAge]:
+    """The age of every pinned key set with a pinnedAt, warning from pinnedMaxAgeDays on.
+
+    settings are the effective ones (apply_copies): for the issuers in from_operator, jwks and pinnedAt are
+    the operator's refreshed copy and its fetchedAt, so the age is that copy's.
+    """
+    out = []
+    for inst in settings.gitlab:
+        if inst.jwks is None or inst.pinned_at is None:
+            continue
+        age = now - inst.pinned_at
+        out.append(PinnedAge(inst.issuer, age, _stale_warning(inst, age, from_operator)))
+    return out
+
+
+def _stale_warning(inst: GitLabInstance, age: timedelta, from_operator: frozenset[str]) -> str | None:
+    limit = inst.pinned_max_age_days
+    if age.days < limit:
+        return None
+    if inst.issuer in from_operator:
+        return (f"the pinned JWKS of {inst.issuer} was last fetched by the operator from {inst.pinned_jwks_source} "
+                f"{age.days} days ago (fetchedAt), more than pinnedMaxAgeDays={limit}: the refresh is failing; "
+                "see the operator's log and the pinned-jwks.json entry of its status ConfigMap")
+    if inst.pinned_jwks_source is not None:
+        return (f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt) and the operator has "
+                f"not fetched a newer copy from {inst.pinned_jwks_source}, more than pinnedMaxAgeDays={limit}: "
+                "see the operator's log and status ConfigMap")
+    return (f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt), more than "
+            f"pinnedMaxAgeDays={limit}: if GitLab rotated its CI signing key, its tokens fail with unknown_kid; "
+            "copy the key set again and update pinnedAt")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from gitlab_sts.core.pinnedjwks import pinned_ages
 from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.service import metrics
@@ -96,30 +97,10 @@ class Service:
 
 
 def pinned_warnings(settings: Settings, now: datetime, from_operator: frozenset[str] = frozenset()) -> list[str]:
-    """Warnings for pinned GitLab key sets older than pinnedMaxAgeDays; also sets the age metric.
-
-    settings are the effective ones (Snapshot.settings): for the issuers in from_operator, jwks and pinnedAt
-    are the operator's refreshed copy and its fetchedAt, so the age is that copy's.
-    """
+    """Warnings for pinned GitLab key sets older than pinnedMaxAgeDays (core.pinnedjwks); sets the age metric."""
     out = []
-    for inst in settings.gitlab:
-        if inst.jwks is None or inst.pinned_at is None:
-            continue
-        age = now - inst.pinned_at
-        metrics.PINNED_JWKS_AGE.labels(issuer=inst.issuer).set(age.total_seconds())
-        if age.days < inst.pinned_max_age_days:
-            continue
-        if inst.issuer in from_operator:
-            out.append(f"the pinned JWKS of {inst.issuer} was last fetched by the operator from "
-                       f"{inst.pinned_jwks_source} {age.days} days ago (fetchedAt), more than "
-                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: the refresh is failing; see the operator's "
-                       "log and the pinned-jwks.json entry of its status ConfigMap")
-        elif inst.pinned_jwks_source is not None:
-            out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt) and the "
-                       f"operator has not fetched a newer copy from {inst.pinned_jwks_source}, more than "
-                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: see the operator's log and status ConfigMap")
-        else:
-            out.append(f"the pinned JWKS of {inst.issuer} was copied {age.days} days ago (pinnedAt), more than "
-                       f"pinnedMaxAgeDays={inst.pinned_max_age_days}: if GitLab rotated its CI signing key, its "
-                       "tokens fail with unknown_kid; copy the key set again and update pinnedAt")
+    for pinned in pinned_ages(settings, now, from_operator):
+        metrics.PINNED_JWKS_AGE.labels(issuer=pinned.issuer).set(pinned.age.total_seconds())
+        if pinned.warning is not None:
+            out.append(pinned.warning)
     return out
