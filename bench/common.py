@@ -181,14 +181,7 @@ def staging_forms(svc: Service, count: int = 64) -> list[str]:
 
 def metric_sum(svc: Service, name: str, **labels: str) -> float:
     """Sum of a Prometheus series from /metrics, filtered by label values."""
-    total = 0.0
-    for line in requests.get(svc.url + "/metrics", timeout=10).text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
+    return svc.metric(name, **labels)
 
 
 def per_call(fn: Callable[[], object], seconds: float = 2.0) -> tuple[float, int]:

@@ -94,6 +94,7 @@ class Service:
     log_path: Path
     gitlab: FakeGitLabProcess
     log_file: Any = None
+    workers: int = 1
 
     @property
     def settings_path(self) -> Path:
@@ -118,6 +119,25 @@ class Service:
         """POST an RFC 8693 form."""
         form = {"grant_type": GRANT, "subject_token": token, "subject_token_type": JWT_TYPE, **extra}
         return requests.post(self.url + path, data=form, timeout=15)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A Prometheus series from /metrics summed over the workers, filtered by label values."""
+        total = 0.0
+        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith((name + "{", name + " ")):
+                head, value = line.rsplit(" ", 1)
+                if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                    total += float(value)
+        return total
+
+    def reloaded(self, file: str, before: float, timeout: float = 10.0) -> None:
+        """Wait until every worker has reloaded file (settings, bindings, keys, pinned) since `before`.
+
+        `before` is metric("gitlab_sts_config_reloads_total", file=file) read before the file was written:
+        waiting for the watcher's own count instead of a fixed time.
+        """
+        eventually(lambda: self.metric("gitlab_sts_config_reloads_total", file=file) >= before + self.workers,
+                   timeout=timeout)
 
     def log(self) -> str:
         """Everything the service wrote to stderr so far."""
@@ -179,7 +199,7 @@ def start_service(root: Path, fake: FakeGitLabProcess, *, bindings: Path = EXAMP
     log_path = root / "service.log"
     log_file = log_path.open("wb")
     process = start_gunicorn(env, stdout=subprocess.DEVNULL, stderr=log_file)
-    service = Service(url, root, process, log_path, fake, log_file)
+    service = Service(url, root, process, log_path, fake, log_file, workers)
     if wait:
         try:
             wait_ready(url, process)

@@ -3,7 +3,6 @@ pinnedAt wins, a corrupt file keeps the last good copy, and /readyz and the age 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -96,8 +95,9 @@ def test_newer_copy_from_the_operator_replaces_the_settings_copy(setup: Setup) -
 
     # A copy older than pinnedAt is ignored: someone pasted a newer one into settings since.
     older = PinnedCopy(PINNED, PINNED_AT - timedelta(days=1), airgap.jwks())
+    before = svc.metric("gitlab_sts_config_reloads_total", file="pinned")
     write_copy(pinned, file_name(PINNED), render_copy(older))
-    time.sleep(2.5)  # the watcher looks every second: it has read the file by now
+    svc.reloaded("pinned", before)
     assert age_metric(svc) >= 200 * 86400 and readyz(svc)["errors"] == {}
     assert svc.exchange(token).status_code == 400
 
