@@ -11,7 +11,7 @@ from celpy.adapter import json_to_cel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gitlab_sts.core.bindings import CompiledBinding, RuleFailure, compile_binding
+from gitlab_sts.core.bindings import BindingIndex, CompiledBinding, RuleFailure, compile_binding
 from gitlab_sts.core.claims import check_types
 from gitlab_sts.core.errors import CompileError, ExchangeError, InvalidRequest
 from gitlab_sts.core.exchange import parse_form
@@ -177,3 +177,28 @@ def test_cel_condition_cache_agrees_with_a_fresh_evaluation(condition: tuple[str
         except Exception:
             expected = False
         assert (got is None) == expected, (source, c, got)
+
+
+segments = st.lists(st.sampled_from(["a", "A", "b", "ab", "", "é", "É"]), min_size=1, max_size=4).map("/".join)
+
+
+@FAST
+@given(kind=st.sampled_from(["path", "namespace", "id"]), selector=segments, path=segments,
+       project_id=st.sampled_from(["42", "43"]))
+def test_index_and_check_agree_with_the_documented_project_rule(kind: str, selector: str, path: str,
+                                                                project_id: str) -> None:
+    # README: path is case-insensitive equality, namespace any project below the group, id exact.
+    if kind == "id":
+        selector = "42"
+    try:
+        binding = compile_binding("team-a", "b", {**VALID_SPEC, "project": {kind: selector}})
+    except CompileError:
+        assert kind in ("path", "namespace") and selector == ""  # min_length 1
+        return
+    claims = {**job_claims(GITLAB, STS), "project_path": path, "project_id": project_id}
+    documented = {"id": project_id == selector, "path": path.casefold() == selector.casefold(),
+                  "namespace": path.casefold().startswith(selector.casefold().rstrip("/") + "/")}[kind]
+    found = binding in BindingIndex([binding], default_issuer=GITLAB).for_token(GITLAB, claims)
+    failure = binding.evaluate(claims)
+    assert found is documented
+    assert (failure is None or not failure.rule.startswith("project.")) is documented

@@ -203,8 +203,11 @@ def project_keys(claims: Mapping[str, Any]) -> list[ProjectKey]:
     if isinstance(project_path, str):
         path = project_path.casefold()
         keys.append(("path", path))
-        parts = path.split("/")
-        keys.extend(("namespace", "/".join(parts[:i])) for i in range(1, len(parts)))
+        # Each group above the project: the path up to each "/" (a/b/c -> a, a/b).
+        cut = path.find("/")
+        while cut != -1:
+            keys.append(("namespace", path[:cut]))
+            cut = path.find("/", cut + 1)
     return keys
 
 
