@@ -49,7 +49,7 @@ def steady_ring() -> tuple[KeyRing, ManagedKey, ManagedKey]:
 
 def test_documents_hold_public_keys_only_and_point_at_the_issuer() -> None:
     ring, a, b = steady_ring()
-    docs = documents("https://bucket.s3.eu-west-1.amazonaws.com/sts", "ES256", ring, T0)
+    docs = documents("https://bucket.s3.eu-west-1.amazonaws.com/sts", ring, T0)
     jwks = json.loads(docs[JWKS])
     assert [k["kid"] for k in jwks["keys"]] == [a.kid, b.kid]
     assert not any(m in k for k in jwks["keys"] for m in ("d", "p", "q"))
@@ -58,14 +58,34 @@ def test_documents_hold_public_keys_only_and_point_at_the_issuer() -> None:
     assert disc["jwks_uri"] == "https://bucket.s3.eu-west-1.amazonaws.com/sts/.well-known/jwks.json"
     assert disc["id_token_signing_alg_values_supported"] == ["ES256", "RS256"]
     # Deterministic: an unchanged key set renders to the same bytes (no needless upload).
-    assert documents("https://x.example", "ES256", ring, T0)[JWKS] == docs[JWKS]
+    assert documents("https://x.example", ring, T0)[JWKS] == docs[JWKS]
 
 
 def test_discovery_document_matches_what_the_service_promises() -> None:
-    doc = discovery_document("https://sts.example.com", "RS256")
+    doc = discovery_document("https://sts.example.com", ["RS256"])
     assert set(doc) == {"issuer", "jwks_uri", "response_types_supported", "subject_types_supported",
                         "id_token_signing_alg_values_supported", "claims_supported"}
     assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
+    # RS256 is listed even with EC keys only (OpenID Connect Discovery 1.0 section 3 requires it).
+    assert discovery_document("https://sts.example.com", [])["id_token_signing_alg_values_supported"] == ["RS256"]
+
+
+def test_discovery_lists_the_algorithm_of_every_published_key() -> None:
+    """Across a switch from ES256 to RS256 the list follows the published keys, not the settings."""
+    ec = key(T0 - 3 * D, T0 - 2 * D, T0 + D, T0 + D + POLICY.overlap)
+    rsa = generate_key("RS256", created_at=T0, activate_at=T0 + D, retire_at=T0 + 8 * D,
+                       remove_at=T0 + 8 * D + POLICY.overlap)
+    ring = KeyRing((ec, rsa))
+
+    def listed(at: datetime) -> list[str]:
+        doc = json.loads(documents("https://sts.example.com", ring, at)[DISCOVERY])
+        algs: list[str] = doc["id_token_signing_alg_values_supported"]
+        return algs
+
+    assert ring.algorithms(T0 - H) == ["ES256"] and listed(T0 - H) == ["ES256", "RS256"]
+    assert ring.algorithms(T0) == ["ES256", "RS256"] and listed(T0) == ["ES256", "RS256"]
+    gone = T0 + D + POLICY.overlap  # the EC key is removed: nothing it signed is still valid
+    assert ring.algorithms(gone) == ["RS256"] and listed(gone) == ["RS256"]
 
 
 # -- coverage --------------------------------------------------------------------------------------------
@@ -193,19 +213,42 @@ def test_delayed_keys_lists_keys_waiting_for_publication() -> None:
 ])
 def test_no_key_ever_signs_before_its_jwks_was_published_for_the_lead(
         outages: list[tuple[datetime, datetime]]) -> None:
+    simulate_s3(outages, lambda t: POLICY, es256)
+
+
+@pytest.mark.parametrize(("old", "new"), [("ES256", "RS256"), ("RS256", "ES256")])
+@pytest.mark.parametrize("outages", [
+    [],
+    [(T0 + 3 * D + 2 * H, T0 + 5 * D)],                       # S3 down from just after the change
+    [(T0 + 3 * D - 2 * H, T0 + 3 * D + 12 * H)],              # down across the change: the new key waits
+])
+def test_algorithm_switch_waits_for_publication_too(old: str, new: str,
+                                                   outages: list[tuple[datetime, datetime]]) -> None:
+    change = T0 + 3 * D
+    policies = {alg: RotationPolicy(algorithm=alg, period=POLICY.period, lead=POLICY.lead, overlap=POLICY.overlap)
+                for alg in (old, new)}
+    signed = simulate_s3(outages, lambda t: policies[new if t >= change else old], generate_key)
+    assert {alg for t, alg in signed if t < change + POLICY.lead} == {old}
+    assert {alg for t, alg in signed if t >= change + 3 * D} == {new}
+
+
+def simulate_s3(outages: list[tuple[datetime, datetime]], policy_at: Any, new_key: Any) -> list[tuple[datetime, str]]:
+    """Run plan + gate every 30 minutes for 40 days with S3 down during the outages; returns (time, signing alg)."""
     step = timedelta(minutes=30)
     ring = KeyRing()
     since: dict[str, datetime] = {}
     bucket: tuple[str, ...] = ()  # kids in the JWKS that S3 holds
     first_signer: str | None = None
+    signed = []
     t = T0
     while t < T0 + 40 * D:
         up = not any(start <= t < end for start, end in outages)
-        proposed = plan(ring, t, POLICY, es256)
+        policy = policy_at(t)
+        proposed = plan(ring, t, policy, new_key)
         if up:
             bucket = tuple(k.kid for k in proposed.ring.published(t))
             since = track_published(since, bucket, t)
-        out = gate(ring, proposed, t, POLICY, since)
+        out = gate(ring, proposed, t, policy, since)
         if out.ring.signing_key(t) is None and proposed.ring.signing_key(t) is not None:
             out = Plan(ring)  # the operator writes nothing
         ring = out.ring
@@ -214,13 +257,15 @@ def test_no_key_ever_signs_before_its_jwks_was_published_for_the_lead(
             if signer is None:
                 assert first_signer is None, f"a gap with no signing key at {probe}"
                 continue
+            signed.append((probe, signer.alg))
             first_signer = first_signer or signer.kid
             assert signer.kid in bucket, f"{signer.kid} signs at {probe} but S3 does not publish it"
             if signer.kid != first_signer:
-                assert since[signer.kid] + POLICY.lead <= probe, f"{signer.kid} published too recently at {probe}"
+                assert since[signer.kid] + policy.lead <= probe, f"{signer.kid} published too recently at {probe}"
         t += step
     assert first_signer is not None
     assert len({k.kid for k in ring.keys}) >= 2
+    return signed
 
 
 # -- settings --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def test_minimal_settings_fill_defaults() -> None:
     assert s.tokens.lifetime == 900
     assert s.tokens.max_lifetime == 3600
     assert s.tokens.audience == "sts.amazonaws.com"
-    assert s.tokens.algorithm == "RS256"
+    assert s.tokens.algorithm == "ES256"  # new installations sign with ES256 (issue #16)
     assert s.gitlab[0].algorithms == ("RS256",)
     assert s.jwks_uri == "https://sts.example.com/.well-known/jwks.json"
     assert s.gitlab[0].discovery_url == "https://gitlab.example.com/.well-known/openid-configuration"

@@ -87,6 +87,46 @@ class KeyRing:
         """The public JWKS document at now."""
         return {"keys": [k.public_jwk() for k in self.published(now)]}
 
+    def algorithms(self, now: datetime) -> list[str]:
+        """The algorithms of every key published at now, sorted (what discovery must list)."""
+        return sorted({k.alg for k in self.published(now)})
+
+
+@dataclass(frozen=True)
+class AlgorithmSwitch:
+    """tokens.algorithm names another algorithm than the signing key's: when a key of it takes over."""
+
+    algorithm: str  # the configured one
+    signing: ManagedKey  # signs now, with another algorithm
+    successor: ManagedKey | None  # the first key of the configured algorithm to sign; None until one exists
+
+    @property
+    def at(self) -> datetime | None:
+        """When the successor starts signing (None while there is none)."""
+        return self.successor.activate_at if self.successor else None
+
+    def message(self) -> str:
+        """One sentence for logs, /readyz and the operator's status."""
+        old = f"{self.signing.alg} key {self.signing.kid}"
+        if self.successor is None:
+            return (f"tokens.algorithm is {self.algorithm} but no {self.algorithm} key exists yet: {old} signs "
+                    f"until the operator has published one for keys.prePublication")
+        return (f"tokens.algorithm is {self.algorithm}: {old} signs until {rfc3339(self.successor.activate_at)}, "
+                f"then {self.algorithm} key {self.successor.kid} (published since "
+                f"{rfc3339(self.successor.created_at)})")
+
+
+def algorithm_switch(ring: KeyRing, algorithm: str, now: datetime) -> AlgorithmSwitch | None:
+    """The pending switch to algorithm, or None when the key signing at now already uses it (or none signs)."""
+    current = ring.signing_key(now)
+    if current is None or current.alg == algorithm:
+        return None
+    for t in sorted({k.activate_at for k in ring.keys if k.activate_at > now}):
+        key = ring.signing_key(t)
+        if key is not None and key.alg == algorithm:
+            return AlgorithmSwitch(algorithm, current, key)
+    return AlgorithmSwitch(algorithm, current, None)
+
 
 def generate_key(alg: str, *, created_at: datetime, activate_at: datetime, retire_at: datetime,
                  remove_at: datetime) -> ManagedKey:
@@ -173,7 +213,7 @@ def render_keyring(ring: KeyRing) -> str:
 class RotationPolicy:
     """How often keys rotate and how long each is published around its signing window."""
 
-    algorithm: str = "RS256"
+    algorithm: str = "ES256"
     period: timedelta = timedelta(days=7)
     lead: timedelta = timedelta(hours=24)
     # Longest minted token lifetime plus clock skew: how long a retired key stays published.
@@ -195,24 +235,30 @@ class Plan:
     removed: tuple[str, ...] = ()
     extended: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # Keys whose signing window was cut short because a key of a newly configured algorithm takes over.
+    shortened: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
         """Whether the ring differs from the input."""
-        return bool(self.added or self.removed or self.extended)
+        return bool(self.added or self.removed or self.extended or self.shortened)
 
 
 def plan(ring: KeyRing, now: datetime, policy: RotationPolicy,
          new_key: Any = generate_key) -> Plan:
     """Decide the next key ring: drop expired keys, keep one signing and one published ahead.
 
-    Pure apart from key generation (injectable); safe to run again at any time (idempotent).
+    A key of policy.algorithm takes over from a key of another type through the same lifecycle as a
+    rotation: published now, signing from now + lead; the old key signs until then and stays published
+    for the overlap after. Pure apart from key generation (injectable); safe to run again at any time
+    (idempotent).
     """
     notes: list[str] = []
-    removed = tuple(k.kid for k in ring.keys if k.remove_at <= now)
+    removed = [k.kid for k in ring.keys if k.remove_at <= now]
     keys = [k for k in ring.keys if k.remove_at > now]
     added: list[str] = []
     extended: list[str] = []
+    shortened: list[str] = []
 
     def make(activate: datetime) -> ManagedKey:
         retire = activate + policy.period
@@ -248,20 +294,38 @@ def plan(ring: KeyRing, now: datetime, policy: RotationPolicy,
                 current = make(now)
                 keys.append(current)
                 notes.append("bootstrapped the first signing key")
-    successors = [k for k in keys if current is None or k.activate_at > current.activate_at]
-    if not successors:
-        assert current is not None
+    # tokens.algorithm changed: a waiting key of another type has signed nothing and never will (it would
+    # switch back when it activated), so it goes; AWS may have cached it, which costs nothing.
+    stale = [k for k in keys if k.activate_at > now and k.alg != policy.algorithm and k.kid != current.kid]
+    if stale:
+        keys = [k for k in keys if k not in stale]
+        removed += [k.kid for k in stale]
+        notes.append(f"dropped {', '.join(k.kid for k in stale)}: not yet signing and not {policy.algorithm}")
+    # Keys that may still take over from the current one (a newer key that already retired cannot).
+    horizon = max(now, current.activate_at)
+    if current.alg != policy.algorithm and not any(k.activate_at > horizon for k in keys):
+        # The switch is a rotation that starts now, not at the current key's retirement: the new key is
+        # published now and signs after the lead; the current key signs until then.
+        successor = make(now + policy.lead)
+        keys.append(successor)
+        if current.retire_at > successor.activate_at:
+            cut = replace(current, retire_at=successor.activate_at,
+                          remove_at=successor.activate_at + policy.overlap)
+            keys = [cut if k.kid == current.kid else k for k in keys]
+            shortened.append(current.kid)
+            current = cut
+        notes.append(f"tokens.algorithm is {policy.algorithm}: {successor.kid} signs from "
+                     f"{rfc3339(successor.activate_at)}; {current.kid} ({current.alg}) signs until then")
+    if not any(k.activate_at > horizon for k in keys):
         activate = max(current.retire_at, now + policy.lead)
         keys.append(make(activate))
-    if current is not None:
-        nxt = min((k for k in keys if k.activate_at > current.activate_at),
-                  key=lambda k: k.activate_at, default=None)
-        if nxt is not None and current.retire_at < nxt.activate_at:
-            # Never leave a gap with no signing key: the current key signs until its successor does.
-            updated = extend(current, nxt.activate_at)
-            keys = [updated if k.kid == current.kid else k for k in keys]
+    nxt = min((k for k in keys if k.activate_at > horizon), key=lambda k: k.activate_at, default=None)
+    if nxt is not None and current.retire_at < nxt.activate_at:
+        # Never leave a gap with no signing key: the current key signs until its successor does.
+        updated = extend(current, nxt.activate_at)
+        keys = [updated if k.kid == current.kid else k for k in keys]
     ring_out = KeyRing(tuple(sorted(keys, key=lambda k: (k.activate_at, k.kid))))
-    return Plan(ring_out, tuple(added), removed, tuple(extended), tuple(notes))
+    return Plan(ring_out, tuple(added), tuple(removed), tuple(extended), tuple(notes), tuple(shortened))
 
 
 def policy_from_settings(algorithm: str, period_s: int, lead_s: int, max_lifetime_s: int,
@@ -273,7 +337,7 @@ def policy_from_settings(algorithm: str, period_s: int, lead_s: int, max_lifetim
     )
 
 
-def development_ring(now: datetime, algorithm: str = "RS256",
+def development_ring(now: datetime, algorithm: str = "ES256",
                      lifetime: timedelta = timedelta(days=365)) -> KeyRing:
     """One key that signs at once, for `gitlab-sts serve` without --keys (development only)."""
     key = generate_key(algorithm, created_at=now, activate_at=now, retire_at=now + lifetime,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,12 +21,17 @@ CLAIMS_SUPPORTED = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti",
                     "https://aws.amazon.com/tags", "https://aws.amazon.com/source_identity")
 
 
-def discovery_document(issuer: str, algorithm: str) -> dict[str, Any]:
-    """The OIDC discovery document AWS reads from <issuer>/.well-known/openid-configuration."""
+def discovery_document(issuer: str, algorithms: Iterable[str]) -> dict[str, Any]:
+    """The OIDC discovery document AWS reads from <issuer>/.well-known/openid-configuration.
+
+    algorithms: those of the published keys (KeyRing.algorithms), so that a verifier reading the list
+    accepts every token a published key signs, during an algorithm switch too.
+    """
     return {
         "issuer": issuer, "jwks_uri": issuer + "/.well-known/" + JWKS, "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": sorted({"RS256", algorithm}),
+        # OpenID Connect Discovery 1.0 section 3 requires RS256 in this list, whatever else it holds.
+        "id_token_signing_alg_values_supported": sorted({"RS256", *algorithms}),
         "claims_supported": list(CLAIMS_SUPPORTED),
     }
 
@@ -41,9 +46,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def documents(issuer: str, algorithm: str, ring: KeyRing, now: datetime) -> dict[str, bytes]:
+def documents(issuer: str, ring: KeyRing, now: datetime) -> dict[str, bytes]:
     """Both documents to publish at now, by file name; the JWKS holds every key whose publication window is open."""
-    return {JWKS: render(ring.jwks(now)), DISCOVERY: render(discovery_document(issuer, algorithm))}
+    return {JWKS: render(ring.jwks(now)), DISCOVERY: render(discovery_document(issuer, ring.algorithms(now)))}
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,8 @@ def gate(before: KeyRing, proposed: Plan, now: datetime, policy: RotationPolicy,
         if kid not in extended and kid not in proposed.added:
             extended.append(kid)
     ring = KeyRing(tuple(sorted(out, key=lambda k: (k.activate_at, k.kid))))
-    return Plan(ring, proposed.added, proposed.removed, tuple(dict.fromkeys(extended)), proposed.notes + tuple(notes))
+    return Plan(ring, proposed.added, proposed.removed, tuple(dict.fromkeys(extended)), proposed.notes + tuple(notes),
+                proposed.shortened)
 
 
 def delayed_keys(ring: KeyRing, now: datetime, published_since: Mapping[str, datetime],

@@ -115,7 +115,9 @@ class TokenSettings(_Model):
     lifetime: int = Field(900, ge=60, le=43200)
     max_lifetime: int = Field(3600, ge=60, le=43200)
     audience: str = "sts.amazonaws.com"
-    algorithm: Literal["RS256", "ES256"] = "RS256"
+    # AWS STS accepts both. RS256 only for a verifier that knows RSA alone (Microsoft Entra workload identity
+    # federation refuses ES256). A change goes through a key rotation (core.keys.plan), never at once.
+    algorithm: Literal["RS256", "ES256"] = "ES256"
     leeway: int = Field(30, ge=0, le=300)
     max_token_bytes: int = Field(16384, ge=1024, le=65536)
     # Refuse GitLab tokens issued longer ago than this (None: only exp limits them).

@@ -1,4 +1,5 @@
-"""Create and rotate the signing keys Secret: read, plan (core.keys.plan), write conditioned on resourceVersion."""
+"""Create and rotate the signing keys Secret: read, plan (core.keys.plan), write conditioned on resourceVersion;
+report the key set (and a pending change of tokens.algorithm) in keys.json of the status ConfigMap."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gitlab_sts.core.keys import (
     ManagedKey,
     Plan,
     RotationPolicy,
+    algorithm_switch,
     generate_key,
     parse_keyring,
     plan,
@@ -23,7 +25,10 @@ from gitlab_sts.core.keys import (
     render_keyring,
 )
 from gitlab_sts.core.settings import Settings
+from gitlab_sts.core.timefmt import rfc3339
 from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.metrics import key_state
+from gitlab_sts.operator.statusmap import StatusKey
 
 CREATED = "created"
 ROTATED = "rotated"
@@ -32,6 +37,7 @@ CORRUPTED = "corrupted"
 CONFLICT = "conflict"
 
 UNPUBLISHED = "unpublished"
+STATUS_KEY = "keys.json"
 
 NewKey = Callable[..., ManagedKey]
 # Publishes the planned ring's JWKS and returns the plan to write (activations held back until published),
@@ -128,4 +134,45 @@ async def rotate_once(client: KubeClient, namespace: str, name: str, policy: Rot
     parts = [f"added {', '.join(result.added)}"] if result.added else []
     parts += [f"removed {', '.join(result.removed)}"] if result.removed else []
     parts += [f"extended {', '.join(result.extended)}"] if result.extended else []
+    parts += [f"shortened {', '.join(result.shortened)}"] if result.shortened else []
     return Outcome(ROTATED, "; ".join(parts + list(result.notes)), result.ring, result)
+
+
+def _key_times(k: ManagedKey) -> dict[str, str]:
+    return {"createdAt": rfc3339(k.created_at), "activateAt": rfc3339(k.activate_at), "retireAt": rfc3339(k.retire_at),
+            "removeAt": rfc3339(k.remove_at)}
+
+
+def status_document(outcome: Outcome, policy: RotationPolicy, now: datetime) -> dict[str, Any]:
+    """keys.json of the status ConfigMap: which key signs, every key's windows, and a pending algorithm switch."""
+    doc: dict[str, Any] = {"algorithm": policy.algorithm, "error": None, "signing": None, "algorithmSwitch": None,
+                           "keys": []}
+    ring = outcome.ring
+    if ring is None:
+        doc["error"] = outcome.message  # the Secret is unusable (never holds key material)
+        return doc
+    current = ring.signing_key(now)
+    if current is not None:
+        doc["signing"] = {"kid": current.kid, "alg": current.alg, **_key_times(current)}
+    switch = algorithm_switch(ring, policy.algorithm, now)
+    if switch is not None:
+        doc["algorithmSwitch"] = {
+            "from": switch.signing.alg, "to": switch.algorithm, "message": switch.message(),
+            "kid": switch.successor.kid if switch.successor else None,
+            "at": rfc3339(switch.successor.activate_at) if switch.successor else None,
+        }
+    doc["keys"] = [{"kid": k.kid, "alg": k.alg, "state": key_state(ring, k.kid, now), **_key_times(k)}
+                   for k in ring.keys]
+    return doc
+
+
+class KeyStatus:
+    """keys.json of the status ConfigMap (written only when it changed)."""
+
+    def __init__(self, client: KubeClient, namespace: str, configmap: str) -> None:
+        self._status = StatusKey(client, namespace, configmap, STATUS_KEY)
+
+    async def write(self, outcome: Outcome, policy: RotationPolicy, now: datetime) -> None:
+        """Record the outcome of one key check (a conflict is re-checked at once: nothing to record)."""
+        if outcome.result != CONFLICT:
+            await self._status.write(status_document(outcome, policy, now))

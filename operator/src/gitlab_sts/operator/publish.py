@@ -175,7 +175,7 @@ class Publisher:
             return
         await self._load()
         self.last_attempt = now
-        wanted = documents(self.settings.issuer, self.settings.tokens.algorithm, ring, now)
+        wanted = documents(self.settings.issuer, ring, now)
         stage = "read"
         try:
             try:

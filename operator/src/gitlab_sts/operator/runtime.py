@@ -17,7 +17,7 @@ from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import ConfigWriter
 from gitlab_sts.operator.evaluation import Context
-from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, NewKey, Outcome, policy_for, rotate_once
+from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, KeyStatus, NewKey, Outcome, policy_for, rotate_once
 from gitlab_sts.operator.kube import TRANSIENT, ApiError, Endpoint, KubeClient, path_for
 from gitlab_sts.operator.memo import BindingMemo
 from gitlab_sts.operator.pinnedrefresh import PinnedRefresher, refresher_for
@@ -45,6 +45,7 @@ class Runtime:
     _corruption_reported: str | None = None
     publisher: Publisher | None = None  # S3 publishing and the status ConfigMap
     pinned: PinnedRefresher | None = None  # only when settings name a pinnedJwksSource
+    key_status: KeyStatus | None = None  # keys.json of the status ConfigMap
 
     async def check_keys(self) -> Outcome:
         """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
@@ -53,6 +54,8 @@ class Runtime:
                                     self.new_key, gate=self.publisher.gate if self.publisher else None)
         if self.publisher is not None and outcome.result not in (CORRUPTED, CONFLICT):
             await self.publisher.write_status(outcome.ring, now)
+        if self.key_status is not None:
+            await self.key_status.write(outcome, self.policy, now)
         metrics.KEY_ROTATIONS.labels(result=outcome.result).inc()
         metrics.LAST_KEY_CHECK.set(now.timestamp())
         if outcome.result == CORRUPTED:
@@ -170,4 +173,4 @@ def build_runtime(cfg: OperatorConfig, settings: Settings, endpoint: Endpoint, *
     publisher = publisher_for(settings, policy, client, cfg.namespace, cfg.status_configmap)
     pinned = refresher_for(settings, client, cfg.namespace, cfg.pinned_jwks_configmap, cfg.status_configmap)
     return Runtime(cfg, settings, client, memo, writer, reconciler, policy, clock, new_key, publisher=publisher,
-                   pinned=pinned)
+                   pinned=pinned, key_status=KeyStatus(client, cfg.namespace, cfg.status_configmap))
