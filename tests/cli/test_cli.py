@@ -76,11 +76,14 @@ def test_check_refuses_claims_of_the_wrong_type(tmp_path: Path) -> None:
     assert "ref_protected" in result.stderr
 
 
-def test_serve_without_keys_uses_development_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("tokens", "kty", "alg"), [
+    ("", "EC", "ES256"), ("tokens: {algorithm: RS256}\n", "RSA", "RS256"),
+], ids=["default", "rs256"])
+def test_serve_without_keys_uses_development_keys(tmp_path: Path, tokens: str, kty: str, alg: str) -> None:
     port = free_port()
     settings = tmp_path / "settings.yaml"
     settings.write_text(f"issuer: http://127.0.0.1:{port}\ngitlab:\n  - issuer: https://gitlab.example.com\n"
-                        f"    audiences: [http://127.0.0.1:{port}]\n")
+                        f"    audiences: [http://127.0.0.1:{port}]\n" + tokens)
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     process = subprocess.Popen([CLI, "serve", "--settings", str(settings), "--bindings", str(EXAMPLES),
                                 "--port", str(port), "--workers", "1"], stderr=subprocess.PIPE, text=True, env=env)
@@ -90,6 +93,8 @@ def test_serve_without_keys_uses_development_keys(tmp_path: Path) -> None:
         assert ready["bindings"] == 4
         jwks = requests.get(f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=10).json()
         assert len(jwks["keys"]) == 1
+        # The development key has the configured algorithm (ES256 unless settings say otherwise).
+        assert (jwks["keys"][0]["kty"], jwks["keys"][0]["alg"]) == (kty, alg)
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -104,6 +109,7 @@ def test_demo_runs_every_step() -> None:
     for step in range(1, 11):
         assert f"== {step}." in out
     assert "HTTP 200: binding team-payments/deploy-staging" in out
+    assert 'header: {"typ": "JWT", "alg": "ES256"' in out  # the demo mints what new installations mint
     assert "HTTP 403: invalid_target" in out
     assert '"Version": 1' in out and "ASIA" in out
     assert "sts:AssumeRoleWithWebIdentity" in out

@@ -15,7 +15,9 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import KEYSET_FILE, development_ring, render_keyring
+from gitlab_sts.core.settings import TokenSettings, parse_settings
 
 GUNICORN_CONF = Path(str(importlib.resources.files("gitlab_sts.service").joinpath("gunicorn.conf.py")))
 
@@ -27,7 +29,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def write_development_keys(directory: Path, algorithm: str = "RS256") -> Path:
+def write_development_keys(directory: Path, algorithm: str = TokenSettings().algorithm) -> Path:
     """Write a fresh one-key ring for development (never for production)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / KEYSET_FILE
@@ -36,14 +38,22 @@ def write_development_keys(directory: Path, algorithm: str = "RS256") -> Path:
     return directory
 
 
+def configured_algorithm(settings: Path) -> str:
+    """tokens.algorithm of a settings file; the default when the file does not load (the service then says why)."""
+    try:
+        return parse_settings(settings.read_text(), settings.name).tokens.algorithm
+    except (OSError, ConfigError):
+        return TokenSettings().algorithm
+
+
 def service_env(settings: Path, bindings: Path, keys: Path | None, *, host: str, port: int, workers: int,
                 metrics_dir: Path | None = None) -> tuple[dict[str, str], Path | None]:
-    """The environment for gunicorn; generates development keys when keys is None."""
+    """The environment for gunicorn; generates development keys (of the configured algorithm) when keys is None."""
     env = dict(os.environ)
     scratch = None
     if keys is None:
         scratch = Path(tempfile.mkdtemp(prefix="gitlab-sts-devkeys-"))
-        keys = write_development_keys(scratch)
+        keys = write_development_keys(scratch, configured_algorithm(settings))
         env["GITLAB_STS_DEVELOPMENT_KEYS"] = "1"
     env.update({
         "GITLAB_STS_SETTINGS": str(settings.resolve()), "GITLAB_STS_BINDINGS_DIR": str(bindings.resolve()),
