@@ -102,8 +102,9 @@ class LocalSts:
                  fetch_timeout: float = 5.0) -> None:
         self.config = config
         self._clock = clock
+        # The JWKS cache ages on the same clock as token times, as AWS's cache would (tests move both).
         self.fetcher = KeyFetcher(cache_seconds=config.jwks_cache_seconds, ca_bundle=config.ca_bundle,
-                                  timeout=fetch_timeout)
+                                  timeout=fetch_timeout, clock=clock)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 

@@ -105,6 +105,11 @@ class AlgorithmSwitch:
         """When the successor starts signing (None while there is none)."""
         return self.successor.activate_at if self.successor else None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The form /readyz and the operator's status show (at: RFC 3339, or None while no key exists)."""
+        return {"from": self.signing.alg, "to": self.algorithm, "kid": self.successor.kid if self.successor else None,
+                "at": rfc3339(self.successor.activate_at) if self.successor else None, "message": self.message()}
+
     def message(self) -> str:
         """One sentence for logs, /readyz and the operator's status."""
         old = f"{self.signing.alg} key {self.signing.kid}"

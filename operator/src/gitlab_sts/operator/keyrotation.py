@@ -156,11 +156,7 @@ def status_document(outcome: Outcome, policy: RotationPolicy, now: datetime) -> 
         doc["signing"] = {"kid": current.kid, "alg": current.alg, **_key_times(current)}
     switch = algorithm_switch(ring, policy.algorithm, now)
     if switch is not None:
-        doc["algorithmSwitch"] = {
-            "from": switch.signing.alg, "to": switch.algorithm, "message": switch.message(),
-            "kid": switch.successor.kid if switch.successor else None,
-            "at": rfc3339(switch.successor.activate_at) if switch.successor else None,
-        }
+        doc["algorithmSwitch"] = switch.as_dict()
     doc["keys"] = [{"kid": k.kid, "alg": k.alg, "state": key_state(ring, k.kid, now), **_key_times(k)}
                    for k in ring.keys]
     return doc
