@@ -13,6 +13,7 @@ import jwt as pyjwt
 import requests
 
 from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, generate_key
+from tests.fuzz.appkit import make_app
 from tests.service.harness import EXAMPLES, FakeGitLabProcess, Service, eventually, keyring_file, start_service
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -102,34 +103,37 @@ def _one_key(now: datetime | None = None) -> KeyRing:
                                  retire_at=now + timedelta(days=1), remove_at=now + timedelta(days=2)),))
 
 
-def test_signing_key_rotates_by_time(fake_gitlab: FakeGitLabProcess, tmp_path: Path) -> None:
-    now = datetime.now(UTC)
+def test_signing_key_rotates_by_time(tmp_path: Path) -> None:
+    """The service signs with the newest key whose window is open, on its own (injected) clock."""
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    clock = [now.timestamp()]
+    app = make_app(tmp_path, clock=lambda: clock[0])
     old = generate_key("RS256", created_at=now - timedelta(days=1), activate_at=now - timedelta(hours=1),
                        retire_at=now + timedelta(days=1), remove_at=now + timedelta(days=2))
-    svc = start_service(tmp_path, fake_gitlab, ring=KeyRing((old,)))
-    try:
-        # Once the service runs, the operator writes a ring whose next key takes over in a few seconds.
-        switch = datetime.now(UTC) + timedelta(seconds=5)
-        retiring = dataclasses.replace(old, retire_at=switch, remove_at=switch + timedelta(hours=1))
-        new = generate_key("RS256", created_at=now - timedelta(hours=2), activate_at=switch,
-                           retire_at=switch + timedelta(days=7), remove_at=switch + timedelta(days=8))
-        future = generate_key("RS256", created_at=now + timedelta(days=1), activate_at=now + timedelta(days=2),
-                              retire_at=now + timedelta(days=9), remove_at=now + timedelta(days=10))
-        keyring_file(svc.keys_dir, KeyRing((retiring, new, future)))
+    switch = now + timedelta(hours=6)
+    retiring = dataclasses.replace(old, retire_at=switch, remove_at=switch + timedelta(hours=1))
+    new = generate_key("ES256", created_at=now - timedelta(hours=2), activate_at=switch,
+                       retire_at=switch + timedelta(days=7), remove_at=switch + timedelta(days=8))
+    future = generate_key("ES256", created_at=now + timedelta(days=1), activate_at=now + timedelta(days=2),
+                          retire_at=now + timedelta(days=9), remove_at=now + timedelta(days=10))
+    keyring_file(app.root / "keys", KeyRing((retiring, new, future)))
+    app.app.extensions["gitlab_sts"].state.reload(force=False)
 
-        def published() -> set[str]:
-            return {k["kid"] for k in requests.get(svc.url + "/.well-known/jwks.json", timeout=10).json()["keys"]}
+    def at(when: datetime) -> tuple[str, set[str]]:
+        """The kid that signs a token exchanged at `when`, and the kids published then."""
+        clock[0] = when.timestamp()
+        answer = app.exchange(app.staging(iat=int(when.timestamp()), nbf=int(when.timestamp()),
+                                          exp=int(when.timestamp()) + 3600))
+        assert answer.status_code == 200, answer.get_json()
+        published = {k["kid"] for k in app.client.get("/.well-known/jwks.json").get_json()["keys"]}
+        return pyjwt.get_unverified_header(answer.get_json()["access_token"])["kid"], published
 
-        # Published: the signing key and the pre-published next one; not the one created in the future.
-        eventually(lambda: published() == {old.kid, new.kid})
-        token = _staging(svc)
-        assert datetime.now(UTC) < switch, "the machine is too slow for this test's 5 s window"
-        first = svc.exchange(token).json()["access_token"]
-        assert pyjwt.get_unverified_header(first)["kid"] == old.kid
-        eventually(lambda: pyjwt.get_unverified_header(svc.exchange(token).json()["access_token"])["kid"] == new.kid,
-                   timeout=10)
-    finally:
-        svc.stop()
+    # Published: the signing key and the pre-published next one; not the one created in the future.
+    assert at(now) == (old.kid, {old.kid, new.kid})
+    assert at(switch - timedelta(seconds=1)) == (old.kid, {old.kid, new.kid})
+    assert at(switch) == (new.kid, {old.kid, new.kid})
+    assert at(switch + timedelta(hours=1)) == (new.kid, {new.kid})  # the retired key's last token expired
+    assert at(now + timedelta(days=1)) == (new.kid, {new.kid, future.kid})
 
 
 def test_no_active_signing_key_is_503_and_not_ready(fake_gitlab: FakeGitLabProcess, tmp_path: Path) -> None:
