@@ -76,10 +76,10 @@ def keyring_file(directory: Path, ring: KeyRing) -> Path:
     return directory
 
 
-def one_key_ring(now: datetime | None = None) -> KeyRing:
-    """A ring with one key signing now."""
+def one_key_ring(now: datetime | None = None, algorithm: str = "ES256") -> KeyRing:
+    """A ring with one key signing now (ES256, as settings default to)."""
     now = now or datetime.now(UTC)
-    key = generate_key("RS256", created_at=now - timedelta(hours=2), activate_at=now - timedelta(hours=1),
+    key = generate_key(algorithm, created_at=now - timedelta(hours=2), activate_at=now - timedelta(hours=1),
                        retire_at=now + timedelta(days=1), remove_at=now + timedelta(days=2))
     return KeyRing((key,))
 
