@@ -43,6 +43,14 @@ def summary(results: dict[str, Any]) -> list[str]:
             f"[{alg}] GitLab JWKS fetches {r['jwks_fetches_total']:.0f} for {r['tokens_issued']:.0f} exchanges "
             f"(target: none per request, at most one per worker: {_mark(r['jwks_fetches_total'] <= r['workers'])})",
         ]
+    sp = results.get("es256_speedup")
+    if sp:
+        load = results["http_load_average_1m"]
+        lines.append(
+            f"[ES256 vs RS256] /v1/token rate ratio {sp['token_rps_ratio_median']:.2f} (median of "
+            f"{len(sp['token_rps_ratio_rounds'])} alternating rounds of one run, load average {load['min']:.1f}-"
+            f"{load['max']:.1f}); signing alone RS256 {sp['sign_us']['RS256']:.0f} us vs ES256 "
+            f"{sp['sign_us']['ES256']:.0f} us")
     s = results.get("scale")
     if s:
         m, loads, under = s["matching"], s["loads"], s["reload_under_load"]
@@ -68,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured load run")
     parser.add_argument("--quick", action="store_true", help="shorter runs and 2,000 bindings (a smoke test)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating RS256/ES256 rounds of the HTTP benchmark")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results.json")
     args = parser.parse_args()
     seconds = 4.0 if args.quick else args.seconds
@@ -75,8 +84,11 @@ def main() -> None:
     print(f"# gitlab-sts benchmarks: {machine_note()}; load generator: {ensure_wrk() or 'python (wrk missing)'}")
     print("# The machine may be shared: compare the ratios measured within one run, not absolute numbers.")
     results: dict[str, Any] = {"machine": machine_note()}
-    results["http_RS256"] = bench_http.run(seconds, 16, 2, "RS256")
-    results["http_ES256"] = bench_http.run(seconds, 16, 2, "ES256")
+    # Both algorithms in one measurement: two services side by side, rounds alternating between them (each round
+    # 2 x seconds of load per algorithm and endpoint, split over the rounds).
+    http = bench_http.measure(bench_http.ALGORITHMS, 2 * seconds, 16, 2, rounds=args.rounds)
+    results["http_RS256"], results["http_ES256"] = http["RS256"], http["ES256"]
+    results["es256_speedup"], results["http_load_average_1m"] = http["es256_speedup"], http["load_average_1m"]
     results["scale"] = bench_scale.run(n, seconds)
     print("\n# Summary")
     for line in summary(results):
