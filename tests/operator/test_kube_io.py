@@ -17,6 +17,7 @@ from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import DIGEST_ANNOTATION
 from gitlab_sts.operator.keyrotation import CONFLICT, CORRUPTED, CREATED, ROTATED, UNCHANGED, rotate_once
+from gitlab_sts.operator.keyrotation import STATUS_KEY as KEYS_STATUS
 from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
@@ -269,6 +270,31 @@ async def test_rotation_write_is_conditioned_on_resource_version(k8s: Any, clien
     assert out.result == CONFLICT
     assert (await client.get(SECRET))["data"] == stale["data"]  # nothing half-written
     assert (await rotate_once(client, "gitlab-sts", "gitlab-sts-keys", rt.policy, later, es256)).result == ROTATED
+    await rt.client.close()
+
+
+@pytest.mark.asyncio
+async def test_key_status_shows_the_ring_and_a_corrupted_secret(k8s: Any, client: KubeClient) -> None:
+    rt = runtime_for(k8s)
+    assert (await rt.check_keys()).result == CREATED
+
+    async def status() -> dict[str, Any]:
+        cm = await client.get(path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-status"))
+        doc: dict[str, Any] = json.loads(cm["data"][KEYS_STATUS])
+        return doc
+
+    doc = await status()
+    ring = parse_keyring(base64.b64decode((await client.get(SECRET))["data"][KEYSET_FILE]).decode())
+    signing = ring.signing_key(NOW)
+    assert signing is not None
+    assert doc["algorithm"] == "ES256" and doc["error"] is None and doc["algorithmSwitch"] is None
+    assert (doc["signing"]["kid"], doc["signing"]["alg"]) == (signing.kid, "ES256")
+    assert [(k["kid"], k["state"]) for k in doc["keys"]] == [(signing.kid, "signing"), (ring.keys[1].kid, "pending")]
+    assert doc["keys"][1]["activateAt"] == f"{ring.keys[1].activate_at:%Y-%m-%dT%H:%M:%SZ}"
+    await client.merge_patch(SECRET, {"data": {KEYSET_FILE: base64.b64encode(b"{not json").decode()}})
+    assert (await rt.check_keys()).result == CORRUPTED
+    doc = await status()
+    assert "not valid JSON" in doc["error"] and doc["keys"] == [] and doc["signing"] is None
     await rt.client.close()
 
 
