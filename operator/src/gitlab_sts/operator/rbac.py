@@ -51,7 +51,7 @@ RULES: tuple[Rule, ...] = (
     Rule("own", "", ("configmaps",), ("get", "patch"), (BINDINGS_CONFIGMAP,),
          why="rewrite the bindings ConfigMap"),
     Rule("own", "", ("configmaps",), ("get", "patch"), (STATUS_CONFIGMAP,),
-         why="the publishing status (publish.json) users read with kubectl"),
+         why="the status users read with kubectl (publish.json, keys.json, pinned-jwks.json)"),
     Rule("own", "", ("configmaps",), ("get", "patch"), (PINNED_JWKS_CONFIGMAP,),
          why="refreshed copies of pinned GitLab key sets (settings gitlab[].pinnedJwksSource)"),
     Rule("own", "", ("secrets",), ("create",), why="create the keys Secret once"),
