@@ -106,7 +106,7 @@ def run_demo(bindings: Path) -> int:
         process = start_gunicorn(env, stdout=subprocess.DEVNULL, stderr=(work / "service.log").open("wb"))
         ready = wait_ready(url, process)
         print(f"service ready at {url}: {ready['bindings']} bindings from {bindings}, "
-              f"signing kid {ready['signing_kid']}")
+              f"signing kid {ready['signing_kid']} ({ready['signing_alg']})")
 
         _step(3, "A deploy job on protected main, environment staging, gets its GitLab ID token")
         token = _job_token(fake.issuer, url, environment="staging", environment_protected="false",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from gitlab_sts.core.keys import algorithm_switch
 from gitlab_sts.core.pinnedjwks import pinned_ages
 from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
@@ -60,7 +61,8 @@ class Service:
             problems.append("settings not loaded")
         if snap.index is None:
             problems.append("bindings not loaded")
-        key = snap.keys.signing_key(self.now()) if snap.keys else None
+        now = self.now()
+        key = snap.keys.signing_key(now) if snap.keys else None
         if key is None:
             problems.append("no signing key is active")
         detail: dict[str, Any] = {
@@ -71,6 +73,9 @@ class Service:
             # Runner jobs can reach /readyz: a count only, the details (names, errors) go to the log.
             "rejected_bindings": len(snap.rejected),
             "signing_kid": key.kid if key else None,
+            "signing_alg": key.alg if key else None,
+            # tokens.algorithm changed: which key signs until when (a switch is a key rotation, never abrupt).
+            "algorithm_switch": None,
             "development_keys": self.development_keys,
             "issuer": snap.settings.issuer if snap.settings else None,
             "gitlab": self.jwks.status(),
@@ -79,7 +84,9 @@ class Service:
             s = snap.settings
             # The issuer URL AWS reads: the service's own routes (Ingress) and/or the operator's S3 copy.
             detail["publishing"] = {"issuer": s.issuer, "jwks_uri": s.jwks_uri, "via": list(s.publish.via)}
-            warnings = pinned_warnings(s, self.now(), snap.pinned_from_operator)
+            switch = algorithm_switch(snap.keys, s.tokens.algorithm, now) if snap.keys else None
+            detail["algorithm_switch"] = switch.as_dict() if switch else None
+            warnings = pinned_warnings(s, now, snap.pinned_from_operator)
             if warnings:
                 detail["warnings"] = warnings  # a stale pinned key set still verifies: warn, stay ready
         return not problems, detail

@@ -17,10 +17,13 @@ blueprint = Blueprint("wellknown", __name__)
 @blueprint.get("/.well-known/openid-configuration")
 def discovery() -> Response:
     """OIDC discovery: the same document the operator uploads to S3 (core.publishing)."""
-    settings = current_service().snapshot().settings
-    if settings is None:
+    svc = current_service()
+    snap = svc.snapshot()
+    if snap.settings is None:
         raise TemporarilyUnavailable("settings are not loaded", reason="not_ready")
-    response = jsonify(discovery_document(settings.issuer, settings.tokens.algorithm))
+    # The algorithms of the published keys, not the configured one: during a switch both types are published.
+    algorithms = snap.keys.algorithms(svc.now()) if snap.keys else []
+    response = jsonify(discovery_document(snap.settings.issuer, algorithms))
     response.headers["Cache-Control"] = CACHE_CONTROL
     return response
 
