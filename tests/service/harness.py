@@ -133,11 +133,21 @@ class Service:
     def reloaded(self, file: str, before: float, timeout: float = 10.0) -> None:
         """Wait until every worker has reloaded file (settings, bindings, keys, pinned) since `before`.
 
-        `before` is metric("gitlab_sts_config_reloads_total", file=file) read before the file was written:
-        waiting for the watcher's own count instead of a fixed time.
+        `before` is metric("gitlab_sts_config_reloads_total", file=file, result="ok") read before the file was
+        written: waiting for the watcher's own count instead of a fixed time. Only successful loads count: a
+        worker that caught a half-written file counts an error and then an ok, and must not stand in for a
+        sibling that has not reloaded yet (a CI run failed that way).
         """
-        eventually(lambda: self.metric("gitlab_sts_config_reloads_total", file=file) >= before + self.workers,
-                   timeout=timeout)
+        eventually(lambda: self.metric("gitlab_sts_config_reloads_total", file=file, result="ok")
+                   >= before + self.workers, timeout=timeout)
+
+    def replace_settings(self, text: str) -> None:
+        """Replace settings.yaml as a mounted volume does (rename, never a half-written file); wait for every worker."""
+        before = self.metric("gitlab_sts_config_reloads_total", file="settings", result="ok")
+        staged = self.settings_path.with_name(".settings.yaml.new")
+        staged.write_text(text)
+        staged.replace(self.settings_path)
+        self.reloaded("settings", before)
 
     def log(self) -> str:
         """Everything the service wrote to stderr so far."""

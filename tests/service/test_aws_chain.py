@@ -70,10 +70,7 @@ def chain(fake_gitlab: FakeGitLabProcess,
     # The STS must know the service's URL before the service starts: start the service first.
     svc = start_service(root / "svc", fake_gitlab, bindings=bindings, sts={"endpoint": "http://127.0.0.1:9"})
     sts = start_local_sts(parse_config(_accounts(bindings, svc.url)))
-    settings = svc.settings_path.read_text().replace("http://127.0.0.1:9", sts.url)
-    before = svc.metric("gitlab_sts_config_reloads_total", file="settings")
-    svc.settings_path.write_text(settings)
-    svc.reloaded("settings", before)
+    svc.replace_settings(svc.settings_path.read_text().replace("http://127.0.0.1:9", sts.url))
     yield svc, sts
     svc.stop()
     sts.close()
@@ -137,9 +134,7 @@ def test_expired_minted_token_is_expired_token_exception(fake_gitlab: FakeGitLab
     # This STS's clock runs two hours ahead: every token the service mints looks expired to it.
     sts = start_local_sts(parse_config(_accounts(EXAMPLES, svc.url)), clock=lambda: time.time() + 7200)
     try:
-        before = svc.metric("gitlab_sts_config_reloads_total", file="settings")
-        svc.settings_path.write_text(svc.settings_path.read_text().replace("http://127.0.0.1:9", sts.url))
-        svc.reloaded("settings", before)
+        svc.replace_settings(svc.settings_path.read_text().replace("http://127.0.0.1:9", sts.url))
         answer = svc.exchange(_staging_token(svc), path="/v1/credentials")
         assert answer.status_code == 403, answer.text
         assert answer.json()["sts_error"] == "ExpiredTokenException"

@@ -95,7 +95,7 @@ def test_newer_copy_from_the_operator_replaces_the_settings_copy(setup: Setup) -
 
     # A copy older than pinnedAt is ignored: someone pasted a newer one into settings since.
     older = PinnedCopy(PINNED, PINNED_AT - timedelta(days=1), airgap.jwks())
-    before = svc.metric("gitlab_sts_config_reloads_total", file="pinned")
+    before = svc.metric("gitlab_sts_config_reloads_total", file="pinned", result="ok")
     write_copy(pinned, file_name(PINNED), render_copy(older))
     svc.reloaded("pinned", before)
     assert age_metric(svc) >= 200 * 86400 and readyz(svc)["errors"] == {}
