@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +14,7 @@ from gitlab_sts.core.bindings import GROUP, VERSION
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.configsync import ConfigWriter
 from gitlab_sts.operator.evaluation import Evaluation, desired_status, rejected_anew, rejection_event, status_patch
-from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.kube import ApiError, KubeClient, Page, path_for
 from gitlab_sts.operator.memo import BindingMemo
 from gitlab_sts.operator.statusqueue import StatusQueue
 
@@ -26,6 +26,13 @@ REPLAY_CHUNK = 20
 log = logging.getLogger("gitlab_sts.operator.bindings")
 Clock = Callable[[], datetime]
 Key = tuple[str, str]
+
+
+async def pages_of(client: KubeClient, path: str, first: Page) -> AsyncIterator[list[dict[str, Any]]]:
+    """The items of a listing page by page, starting with the page already fetched."""
+    yield first.items
+    async for page in client.more_pages(path, first):
+        yield page.items
 
 
 def utc_now() -> datetime:
@@ -187,13 +194,18 @@ class Reconciler:
         self._listings.append(listing)
         return listing
 
-    async def replay(self, listing: Listing, items: Iterable[Mapping[str, Any]], *, mend: bool = False) -> int:
-        """Apply listed items in small chunks behind fresh events, then drop what the listing no longer holds."""
+    async def replay(self, listing: Listing, pages: AsyncIterable[list[dict[str, Any]]] | Iterable[Mapping[str, Any]],
+                     *, mend: bool = False) -> int:
+        """Apply listed items in small chunks behind fresh events, then drop what the listing no longer holds.
+
+        pages: the listing's pages as they are fetched (or one plain iterable of items).
+        """
         try:
-            for i, obj in enumerate(items):
-                self.observe(None, obj, fresh=False, listing=listing, check_unchanged=not mend)
-                if i % REPLAY_CHUNK == REPLAY_CHUNK - 1:
-                    await asyncio.sleep(0)
+            if isinstance(pages, AsyncIterable):
+                async for page in pages:
+                    await self._replay_items(listing, page, mend)
+            else:
+                await self._replay_items(listing, list(pages), mend)  # type: ignore[arg-type]
             gone = [k for k in self.memo.all_keys() if listing.covers(k) and k not in listing.seen
                     and k not in listing.overtaken]
             for key in gone:
@@ -202,12 +214,22 @@ class Reconciler:
             self._listings.remove(listing)
         return len(listing.seen)
 
+    async def _replay_items(self, listing: Listing, items: list[dict[str, Any]], mend: bool) -> None:
+        # Items are dropped as they are applied: only one page of raw objects is alive at a time.
+        items.reverse()
+        count = 0
+        while items:
+            self.observe(None, items.pop(), fresh=False, listing=listing, check_unchanged=not mend)
+            count += 1
+            if count % REPLAY_CHUNK == 0:
+                await asyncio.sleep(0)
+
     async def resync(self) -> int:
         """List every scope and replay it (mending every status), then mark the memo seeded; returns the count."""
         count = 0
         for ns, path in self.paths():
-            items, _version = await self.client.list_versioned(path)
-            count += await self.replay(self.begin_listing(ns), items, mend=True)
+            first = await self.client.list_page(path)
+            count += await self.replay(self.begin_listing(ns), pages_of(self.client, path, first), mend=True)
         self.mark_seeded()
         self._count()
         return count
