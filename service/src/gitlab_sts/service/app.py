@@ -11,7 +11,7 @@ from flask import Flask
 from gitlab_sts.service.audit import configure_logging
 from gitlab_sts.service.paths import ConfigPaths
 from gitlab_sts.service.responses import EXTENSION
-from gitlab_sts.service.routes import errors, exchange, health, wellknown
+from gitlab_sts.service.routes import client, errors, exchange, health, wellknown
 from gitlab_sts.service.runtime import Service
 
 
@@ -29,7 +29,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
     if watch:
         svc.state.start_watcher()
     app.extensions[EXTENSION] = svc
-    for module in (exchange, wellknown, health, errors):
+    for module in (exchange, wellknown, health, client, errors):
         app.register_blueprint(module.blueprint)
     app.wsgi_app = exchange.timed(app.wsgi_app)  # type: ignore[method-assign,assignment]  # Flask's documented middleware hook
     return app

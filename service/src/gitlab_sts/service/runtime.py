@@ -12,6 +12,7 @@ from gitlab_sts.core.pinnedjwks import pinned_ages
 from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.service import metrics
+from gitlab_sts.service.client import job_client
 from gitlab_sts.service.exchange import Collaborators
 from gitlab_sts.service.jwks import JwksCache
 from gitlab_sts.service.paths import ConfigPaths
@@ -79,6 +80,8 @@ class Service:
             "development_keys": self.development_keys,
             "issuer": snap.settings.issuer if snap.settings else None,
             "gitlab": self.jwks.status(),
+            # The job client at GET /v1/client/login.py and its sha256, for jobs that pin it.
+            "client": job_client().summary(),
         }
         if snap.settings is not None:
             s = snap.settings

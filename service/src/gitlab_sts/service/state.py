@@ -26,6 +26,7 @@ from gitlab_sts.core.pinnedjwks import PinnedCopy, apply_copies, file_name, pars
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.service import gcpolicy, metrics
 from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.preflight import read_error
 
 log = logging.getLogger("gitlab_sts.service")
 
@@ -126,21 +127,23 @@ class ConfigState:
         self._prints[name] = fp
         return True
 
-    def _attempt(self, name: str, load: Callable[[], None], fallback: Callable[[], None]) -> None:
+    def _attempt(self, name: str, load: Callable[[], None], fallback: Callable[[], bool]) -> None:
         try:
             load()
         except (ConfigError, OSError) as exc:
-            message = str(exc) if isinstance(exc, ConfigError) else f"cannot read: {exc.strerror}"
+            message = str(exc) if isinstance(exc, ConfigError) else read_error(self._path_of(name), exc)
             self._errors[name] = message
             metrics.CONFIG_RELOADS.labels(file=name, result="error").inc()
             metrics.CONFIG_OK.labels(file=name).set(0)
-            log.error("config reload failed, keeping the last good version",
+            kept = "keeping the last good version" if self._has(name) else "no good version loaded yet"
+            log.error(f"config reload failed, {kept}",
                       extra={"event": "config_reload", "file": name, "error": message})
             if not self._has(name):
                 # A worker that starts (or restarts) while a file is broken has no last good version
                 # in memory: take the copy another worker saved.
                 try:
-                    fallback()
+                    if not fallback():
+                        return  # nothing saved: say nothing about a copy that does not exist
                 except (ConfigError, OSError, ValueError):
                     return
                 log.warning("using the last good copy saved by an earlier load",
@@ -149,6 +152,10 @@ class ConfigState:
             self._errors.pop(name, None)
             metrics.CONFIG_RELOADS.labels(file=name, result="ok").inc()
             metrics.CONFIG_OK.labels(file=name).set(1)
+
+    def _path_of(self, name: str) -> Path:
+        return {"settings": self.paths.settings, "bindings": self.paths.bindings,
+                "keys": self.paths.keys / KEYSET_FILE}[name]
 
     def _has(self, name: str) -> bool:
         return {"settings": self._settings, "bindings": self._index, "keys": self._keys}[name] is not None
@@ -185,10 +192,12 @@ class ConfigState:
         self._settings = parse_settings(raw.decode(errors="replace"), source=self.paths.settings.name)
         self._last_good.save("settings.yaml", raw)
 
-    def _fallback_settings(self) -> None:
+    def _fallback_settings(self) -> bool:
         raw = self._last_good.load("settings.yaml")
-        if raw is not None:
-            self._settings = parse_settings(raw.decode(), source="last good settings.yaml")
+        if raw is None:
+            return False
+        self._settings = parse_settings(raw.decode(), source="last good settings.yaml")
+        return True
 
     def _load_bindings(self) -> None:
         # Entries unchanged since the last load keep their compiled bindings: only edits are compiled.
@@ -197,10 +206,12 @@ class ConfigState:
         # The operator's document is saved as read; a manifests folder is rendered into one.
         self._last_good.save(DOC_FILE, loaded.raw or render_document(loaded.bindings)[0])
 
-    def _fallback_bindings(self) -> None:
+    def _fallback_bindings(self) -> bool:
         raw = self._last_good.load(DOC_FILE)
-        if raw is not None:
-            self._adopt_bindings(parse_document(raw, "last good bindings"))
+        if raw is None:
+            return False
+        self._adopt_bindings(parse_document(raw, "last good bindings"))
+        return True
 
     def _adopt_bindings(self, loaded: LoadedBindings) -> None:
         default_issuer = None
@@ -224,10 +235,12 @@ class ConfigState:
         self._keys = parse_keyring(raw.decode(errors="replace"), source=KEYSET_FILE)
         self._last_good.save(KEYSET_FILE, raw)
 
-    def _fallback_keys(self) -> None:
+    def _fallback_keys(self) -> bool:
         raw = self._last_good.load(KEYSET_FILE)
-        if raw is not None:
-            self._keys = parse_keyring(raw.decode(), source="last good keyset.json")
+        if raw is None:
+            return False
+        self._keys = parse_keyring(raw.decode(), source="last good keyset.json")
+        return True
 
 
     def _load_pinned(self) -> None:

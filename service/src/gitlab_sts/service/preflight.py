@@ -1,0 +1,75 @@
+"""The first load, before gunicorn starts any worker: a broken settings, bindings or keys input stops the start.
+
+A reload keeps the last good version (service/state.py); a start has no last good version to keep, so a
+service that started anyway would look alive while refusing every job. Failing here makes Kubernetes show
+CrashLoopBackOff with the reason in the log, and `gitlab-sts serve` exit at once with each problem.
+Imports core only (no metrics): gunicorn's master process runs this, and counters set here would be
+counted as a phantom worker's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from gitlab_sts.core.bindingdoc import load_bindings_dir
+from gitlab_sts.core.errors import ConfigError
+from gitlab_sts.core.keys import KEYSET_FILE, parse_keyring
+from gitlab_sts.core.settings import parse_settings
+from gitlab_sts.service.paths import ConfigPaths
+
+# The exit code of a start refused for its configuration (gunicorn's own failures exit 1, usage errors 2).
+EXIT_CONFIG = 3
+
+
+def read_error(path: Path, exc: OSError) -> str:
+    """'<path>: cannot read: <reason>', naming the file whatever the OSError carries."""
+    return f"{exc.filename or path}: cannot read: {exc.strerror or exc}"
+
+
+def first_load_problems(paths: ConfigPaths) -> list[str]:
+    """Load settings, bindings and keys once, as a worker will; one line per problem, each naming its file."""
+    problems: list[str] = []
+    try:
+        parse_settings(paths.settings.read_bytes().decode(errors="replace"), source=str(paths.settings))
+    except OSError as exc:
+        problems.append(read_error(paths.settings, exc))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        loaded = load_bindings_dir(paths.bindings)
+    except OSError as exc:
+        problems.append(read_error(paths.bindings, exc))
+    except ConfigError as exc:
+        problems.append(_in_folder(paths.bindings, str(exc)))
+    else:
+        # A binding that does not compile is refused on its own (the others still serve), not a failed load.
+        for bad in loaded.rejected:
+            print(f"gitlab-sts: warning: {paths.bindings}: binding {bad.key}: {bad.error}", file=sys.stderr)
+    keyset = paths.keys / KEYSET_FILE
+    try:
+        parse_keyring(keyset.read_bytes().decode(errors="replace"), source=str(keyset))
+    except OSError as exc:
+        problems.append(read_error(keyset, exc))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _in_folder(folder: Path, message: str) -> str:
+    """Bindings messages name the entry (bindings.json, a manifest): put the folder in front when they lack it."""
+    return message if message.startswith(str(folder)) else f"{folder}/{message}"
+
+
+def refuse_start_on_broken_config(paths: ConfigPaths | None = None, out: TextIO | None = None) -> None:
+    """Exit with EXIT_CONFIG, printing each problem, when the first load fails (gunicorn's on_starting hook)."""
+    problems = first_load_problems(paths or ConfigPaths.from_env())
+    if not problems:
+        return
+    stream = out or sys.stderr
+    print("gitlab-sts: refusing to start: the configuration does not load", file=stream)
+    for problem in problems:
+        print(f"gitlab-sts: error: {problem}", file=stream)
+    stream.flush()
+    raise SystemExit(EXIT_CONFIG)
