@@ -267,7 +267,8 @@ def test_exchange_environment_matches_what_the_service_reads(helm3: Helm) -> Non
     assert pinned_volume["configMap"] == {"name": "gitlab-sts-pinned-jwks", "optional": True}
     # Every GITLAB_STS_*/PROMETHEUS_* variable the chart sets is one the service reads.
     package = ROOT / "service/src/gitlab_sts/service"
-    sources = "".join((package / name).read_text() for name in ("gunicorn.conf.py", "paths.py", "state.py"))
+    sources = "".join((package / name).read_text() for name in ("gunicorn.conf.py", "paths.py", "state.py",
+                                                                    "preflight.py"))
     for name in env:
         assert f'"{name}"' in sources, f"{name} is set by the chart but read nowhere in service/"
     assert env["GITLAB_STS_BIND"] == "0.0.0.0:8443"

@@ -40,3 +40,14 @@ def test_without_an_issuer_the_notes_say_which_secret_to_create(helm: Helm) -> N
     notes = helm.notes(MINIMAL, sets=INGRESS)
     assert f"The Ingress serves TLS with Secret {secret}, which this chart does not create" in notes
     assert "ingress.tls.clusterIssuer" in notes
+
+
+def test_exchange_pods_wait_for_the_operator_less_than_liveness_allows(helm3: Helm) -> None:
+    docs = helm3.template(MINIMAL)
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and "operator" not in d["metadata"]["name"])
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    wait = float(env["GITLAB_STS_START_WAIT_SECONDS"])
+    live = container["livenessProbe"]
+    # The wait ends before the kubelet's first liveness failure could restart the container mid-wait.
+    assert 0 < wait <= live["initialDelaySeconds"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from gitlab_sts.core.keys import KEYSET_FILE
 from gitlab_sts.localserver import free_port, write_development_keys
 from gitlab_sts.service.paths import ConfigPaths
-from gitlab_sts.service.preflight import EXIT_CONFIG, first_load_problems
+from gitlab_sts.service.preflight import EXIT_CONFIG, first_load_problems, refuse_start_on_broken_config
 from gitlab_sts.service.state import ConfigState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +114,58 @@ def test_a_reload_still_keeps_the_last_good_version(tmp_path: Path, monkeypatch:
         other = ConfigState(paths)
     assert other.current().settings is not None
     assert any("using the last good copy" in r.getMessage() for r in caplog.records)
+
+
+class _Clock:
+    """A fake clock that one sleep moves forward; `on_sleep` runs at each sleep (the operator writing)."""
+
+    def __init__(self, on_sleep: object = None) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+        self.on_sleep = on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+        if callable(self.on_sleep):
+            self.on_sleep(self.sleeps)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_fresh_install_waits_for_the_operators_keys(tmp_path: Path) -> None:
+    paths = _config(tmp_path, keys=None)
+    paths.keys.mkdir()  # the optional Secret volume: an empty folder until the operator creates the Secret
+
+    def operator_writes(sleeps: int) -> None:
+        if sleeps == 3:
+            write_development_keys(paths.keys)
+
+    clock = _Clock(operator_writes)
+    out = io.StringIO()
+    refuse_start_on_broken_config(paths, out, wait=10, sleep=clock.sleep, clock=clock)
+    assert clock.sleeps == 3
+    assert "waiting up to 10 s for the operator" in out.getvalue()
+    assert "refusing" not in out.getvalue()
+
+
+def test_keys_that_never_come_refuse_after_the_wait(tmp_path: Path) -> None:
+    paths = _config(tmp_path, keys=None)
+    clock = _Clock()
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        refuse_start_on_broken_config(paths, out, wait=5, sleep=clock.sleep, clock=clock)
+    assert exited.value.code == EXIT_CONFIG
+    assert 5 <= clock.now <= 6
+    assert f"gitlab-sts: error: {paths.keys / KEYSET_FILE}: cannot read: No such file or directory" in out.getvalue()
+
+
+def test_a_broken_input_refuses_at_once_even_with_a_wait(tmp_path: Path) -> None:
+    paths = _config(tmp_path, settings=GOOD + "tokens: {lifetme: 1}\n", keys=None)
+    clock = _Clock()
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        refuse_start_on_broken_config(paths, out, wait=30, sleep=clock.sleep, clock=clock)
+    assert clock.sleeps == 0
+    assert "tokens.lifetme" in out.getvalue() and "waiting" not in out.getvalue()

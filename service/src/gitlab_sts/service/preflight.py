@@ -9,7 +9,11 @@ counted as a phantom worker's.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -28,32 +32,47 @@ def read_error(path: Path, exc: OSError) -> str:
     return f"{exc.filename or path}: cannot read: {exc.strerror or exc}"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One input that did not load; `absent` when the operator has not written it yet (nothing to parse)."""
+
+    message: str
+    absent: bool = False
+
+
 def first_load_problems(paths: ConfigPaths) -> list[str]:
     """Load settings, bindings and keys once, as a worker will; one line per problem, each naming its file."""
-    problems: list[str] = []
+    return [p.message for p in load_problems(paths)]
+
+
+def load_problems(paths: ConfigPaths, warn: bool = True) -> list[Problem]:
+    """The problems of a first load, telling inputs not written yet from inputs that are broken."""
+    problems: list[Problem] = []
     try:
         parse_settings(paths.settings.read_bytes().decode(errors="replace"), source=str(paths.settings))
     except OSError as exc:
-        problems.append(read_error(paths.settings, exc))
+        problems.append(Problem(read_error(paths.settings, exc)))  # Helm writes settings: never waited for
     except ConfigError as exc:
-        problems.append(str(exc))
+        problems.append(Problem(str(exc)))
     try:
         loaded = load_bindings_dir(paths.bindings)
     except OSError as exc:
-        problems.append(read_error(paths.bindings, exc))
+        problems.append(Problem(read_error(paths.bindings, exc)))
     except ConfigError as exc:
-        problems.append(_in_folder(paths.bindings, str(exc)))
+        problems.append(Problem(_in_folder(paths.bindings, str(exc)), absent=not paths.bindings.exists()))
     else:
         # A binding that does not compile is refused on its own (the others still serve), not a failed load.
-        for bad in loaded.rejected:
+        for bad in loaded.rejected if warn else ():
             print(f"gitlab-sts: warning: {paths.bindings}: binding {bad.key}: {bad.error}", file=sys.stderr)
     keyset = paths.keys / KEYSET_FILE
     try:
         parse_keyring(keyset.read_bytes().decode(errors="replace"), source=str(keyset))
+    except FileNotFoundError as exc:
+        problems.append(Problem(read_error(keyset, exc), absent=True))
     except OSError as exc:
-        problems.append(read_error(keyset, exc))
+        problems.append(Problem(read_error(keyset, exc)))
     except ConfigError as exc:
-        problems.append(str(exc))
+        problems.append(Problem(str(exc)))
     return problems
 
 
@@ -62,14 +81,32 @@ def _in_folder(folder: Path, message: str) -> str:
     return message if message.startswith(str(folder)) else f"{folder}/{message}"
 
 
-def refuse_start_on_broken_config(paths: ConfigPaths | None = None, out: TextIO | None = None) -> None:
-    """Exit with EXIT_CONFIG, printing each problem, when the first load fails (gunicorn's on_starting hook)."""
-    problems = first_load_problems(paths or ConfigPaths.from_env())
+def refuse_start_on_broken_config(paths: ConfigPaths | None = None, out: TextIO | None = None, *,
+                                  wait: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                                  clock: Callable[[], float] = time.monotonic) -> None:
+    """Exit with EXIT_CONFIG, printing each problem, when the first load fails (gunicorn's on_starting hook).
+
+    Keys and bindings that do not exist yet (a fresh install: the operator writes them within seconds) are
+    waited for up to `wait` seconds ($GITLAB_STS_START_WAIT_SECONDS, set by the chart below its liveness
+    delay); anything present but broken refuses at once.
+    """
+    paths = paths or ConfigPaths.from_env()
+    stream = out or sys.stderr
+    if wait is None:
+        wait = float(os.environ.get("GITLAB_STS_START_WAIT_SECONDS") or 0)
+    deadline = clock() + wait
+    problems = load_problems(paths)
+    if problems and all(p.absent for p in problems) and clock() < deadline:
+        waiting = "; ".join(p.message for p in problems)
+        print(f"gitlab-sts: waiting up to {wait:g} s for the operator to write what is missing: {waiting}",
+              file=stream, flush=True)
+        while problems and all(p.absent for p in problems) and clock() < deadline:
+            sleep(1.0)
+            problems = load_problems(paths, warn=False)
     if not problems:
         return
-    stream = out or sys.stderr
     print("gitlab-sts: refusing to start: the configuration does not load", file=stream)
     for problem in problems:
-        print(f"gitlab-sts: error: {problem}", file=stream)
+        print(f"gitlab-sts: error: {problem.message}", file=stream)
     stream.flush()
     raise SystemExit(EXIT_CONFIG)
