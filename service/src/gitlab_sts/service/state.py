@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitlab_sts.core import admission
 from gitlab_sts.core.bindingdoc import (
     DOC_FILE,
     LoadedBindings,
@@ -207,11 +208,19 @@ class ConfigState:
         if self._settings is not None and len(self._settings.gitlab) == 1:
             default_issuer = self._settings.gitlab[0].issuer
         index = BindingIndex(loaded.bindings, default_issuer=default_issuer)
-        trusted = {g.issuer for g in self._settings.gitlab} if self._settings else set()
-        unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
-                    for b in index.unresolved]
-        unusable += [Rejected(b.key, f"spec.issuer: {b.spec.issuer} is not a trusted GitLab instance in settings")
-                     for b in index.bindings if b.spec.issuer is not None and b.spec.issuer not in trusted]
+        unusable: list[Rejected] = []
+        if self._settings is not None:
+            # The operator's rules (core.admission): a binding the settings refuse is not indexed at all. The
+            # issuer rule covers the bindings without an issuer when the settings trust several instances.
+            rules = admission.for_settings(self._settings)
+            refused = [(b, r) for b in index.bindings if (r := rules.check_binding(b)) is not None]
+            if refused:
+                unusable = [Rejected(b.key, r.message) for b, r in refused]
+                drop = {id(b) for b, _ in refused}
+                index = BindingIndex([b for b in index.bindings if id(b) not in drop], default_issuer=default_issuer)
+        else:
+            unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
+                        for b in index.unresolved]
         self._loaded, self._index = loaded, index
         self._rejected = loaded.rejected + tuple(unusable)
         for bad in self._rejected:
