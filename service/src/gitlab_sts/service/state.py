@@ -30,8 +30,9 @@ from gitlab_sts.service.paths import ConfigPaths
 
 log = logging.getLogger("gitlab_sts.service")
 
-# How often the watcher looks at file fingerprints.
-CHECK_INTERVAL = 1.0
+# How often the watcher looks at file fingerprints: a few stat calls, cheap enough to do often, and what
+# bounds the delay between the API follower writing a copy and every worker serving it (service/follow.py).
+CHECK_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class ConfigState:
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._last_good = LastGood.for_paths(paths)
+        # Called with each new snapshot whose bindings digest changed (reports what this worker serves).
+        self.on_bindings: Callable[[Snapshot], None] | None = None
         self.snapshot = Snapshot(None, None, (), None, {"settings": "not loaded yet"})
         self.reload(force=True)
 
@@ -113,7 +116,14 @@ class ConfigState:
     def reload(self, force: bool = True) -> Snapshot:
         """Reload now (blocking); force re-reads every file."""
         with self._lock:
+            before = self.snapshot.bindings_digest
             loaded = self._reload_locked(force=force)
+            if self.on_bindings is not None and (force or self.snapshot.bindings_digest != before):
+                try:
+                    self.on_bindings(self.snapshot)
+                except OSError as exc:
+                    log.warning("cannot report the served bindings", extra={"event": "config_reload",
+                                                                            "error": exc.strerror})
             if loaded:
                 # When enabled (gunicorn workers), freeze what was loaded so that full garbage collections
                 # do not walk 10,000 bindings while request threads wait (service/gcpolicy.py).
