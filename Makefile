@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Two stamps: `make demo` needs the runtime dependencies only (about 40 s from a fresh clone); the test and
+# Two stamps: `make demo` needs the runtime dependencies only (21 s from a fresh clone, README); the test and
 # lint tools (awscli, moto, schemathesis, atheris, mypy...) take minutes and come with `make test` alone.
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev

@@ -541,12 +541,17 @@ def test_notes_have_the_real_next_steps(helm: Helm) -> None:
     assert '"Federated": "arn:aws:iam::<ACCOUNT_ID>:oidc-provider/sts.example.com"' in notes
     assert '"sts.example.com:sub": "system:gitlabawsbinding:team-a:deploy"' in notes
     assert "kind: GitLabAWSBinding" in notes and "namespace: team-a" in notes
-    assert "GITLAB_STS_URL: https://gitlab-sts.gitlab-sts.svc:8443" in notes
-    assert "aud: https://sts.example.com" in notes
-    assert 'eval "$(gitlab-sts login' in notes
+    # The job: the CI/CD component with this installation's URL and audience, and the runner's CA mount.
+    assert "service_url: https://gitlab-sts.gitlab-sts.svc:8443" in notes
+    assert "audience: https://sts.example.com" in notes
+    assert "component: $CI_SERVER_FQDN/platform/gitlab-sts/aws-credentials@" in notes
+    assert "extends: .gitlab-sts-aws" in notes
+    assert "[[runners.kubernetes.volumes.config_map]]" in notes and 'mount_path = "/etc/gitlab-sts"' in notes
+    assert "get secret gitlab-sts-tls -o jsonpath='{.data.ca\\.crt}'" in notes
     assert "curl -fsS https://sts.example.com/.well-known/jwks.json" in notes
     if helm.major >= 4:
         assert helm.install_notes(ALL_FEATURES).strip() == notes.strip()
     plain = helm.notes(MINIMAL, sets={"tls.enabled": "false"})
-    assert "GITLAB_STS_URL: http://gitlab-sts.gitlab-sts.svc:8443" in plain
+    assert "service_url: http://gitlab-sts.gitlab-sts.svc:8443" in plain
+    assert 'ca_bundle: ""' in plain and "volumes.config_map" not in plain
     assert "WARNING: tls.enabled is false" in plain

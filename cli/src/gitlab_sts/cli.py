@@ -21,6 +21,7 @@ _PLUGINS = (
     ("gitlab_sts.login", "add_login_parser"),
     ("gitlab_sts.testing.sts", "add_sts_parser"),
     ("gitlab_sts.doctor", "add_doctor_parser"),
+    ("gitlab_sts.awspolicy", "add_awspolicy_parser"),
 )
 
 
