@@ -36,8 +36,10 @@ class OperatorConfig:
     config_dir: Path = Path("/etc/gitlab-sts")
     # Coalesce bursts of binding changes into one ConfigMap write.
     debounce_seconds: float = 1.0
-    # Full re-list of bindings: repairs any missed watch event.
+    # Periodic mend: a full listing compares every binding's status with what it should be.
     resync_seconds: float = 300.0
+    # The API server ends a watch stream after this long; it is resumed from the last resourceVersion.
+    watch_timeout_seconds: int = 300
     key_check_seconds: float = 300.0
     pinned_jwks_seconds: float = 600.0
     metrics_port: int = 9090

@@ -87,6 +87,7 @@ class ConfigWriter:
             return False
         started = time.perf_counter()
         data, binary, digest = self._memo.payload()
+        bindings = self._memo.rendered  # counted with the payload: the memo may move on while we write
         path = path_for("v1", "configmaps", self._namespace, self._name)
         for _attempt in range(5):
             current = await self._client.get_or_none(path)
@@ -107,7 +108,6 @@ class ConfigWriter:
                 raise
             self.written_digest = digest
             size = sum(len(v) for v in data.values()) + sum(len(v) for v in binary.values())
-            bindings = self._memo.counts()[0]
             metrics.CONFIG_WRITES.labels(result="written").inc()
             metrics.CONFIG_BYTES.set(size)
             metrics.CONFIG_BINDINGS.set(bindings)
@@ -131,7 +131,7 @@ class ConfigWriter:
             except TRANSIENT as exc:
                 self.last_error = str(exc)
                 metrics.CONFIG_WRITES.labels(result="error").inc()
-                log.error("could not write the bindings ConfigMap: %s (retrying in %.0fs)", exc, backoff)
+                log.warning("could not write the bindings ConfigMap: %s (retrying in %.0fs)", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 self._wake.set()

@@ -41,7 +41,7 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("watched", "gitlab-sts.io", ("gitlabawsbindings",), ("get", "list", "watch"),
-         why="read bindings: kopf's watch and the operator's own listing"),
+         why="read bindings: the operator's own listing and watch (resourceVersion-based)"),
     Rule("watched", "gitlab-sts.io", ("gitlabawsbindings/status",), ("patch",),
          why="write Ready, subject and trustPolicy into each binding's status"),
     Rule("watched", "", ("events",), ("create",),

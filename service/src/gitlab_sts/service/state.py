@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitlab_sts.core import admission
 from gitlab_sts.core.bindingdoc import (
     DOC_FILE,
     LoadedBindings,
@@ -30,8 +31,9 @@ from gitlab_sts.service.preflight import read_error
 
 log = logging.getLogger("gitlab_sts.service")
 
-# How often the watcher looks at file fingerprints.
-CHECK_INTERVAL = 1.0
+# How often the watcher looks at file fingerprints: a few stat calls, cheap enough to do often, and what
+# bounds the delay between the API follower writing a copy and every worker serving it (service/follow.py).
+CHECK_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class ConfigState:
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._last_good = LastGood.for_paths(paths)
+        # Called with each new snapshot whose bindings digest changed (reports what this worker serves).
+        self.on_bindings: Callable[[Snapshot], None] | None = None
         self.snapshot = Snapshot(None, None, (), None, {"settings": "not loaded yet"})
         self.reload(force=True)
 
@@ -113,7 +117,14 @@ class ConfigState:
     def reload(self, force: bool = True) -> Snapshot:
         """Reload now (blocking); force re-reads every file."""
         with self._lock:
+            before = self.snapshot.bindings_digest
             loaded = self._reload_locked(force=force)
+            if self.on_bindings is not None and (force or self.snapshot.bindings_digest != before):
+                try:
+                    self.on_bindings(self.snapshot)
+                except OSError as exc:
+                    log.warning("cannot report the served bindings", extra={"event": "config_reload",
+                                                                            "error": exc.strerror})
             if loaded:
                 # When enabled (gunicorn workers), freeze what was loaded so that full garbage collections
                 # do not walk 10,000 bindings while request threads wait (service/gcpolicy.py).
@@ -218,11 +229,19 @@ class ConfigState:
         if self._settings is not None and len(self._settings.gitlab) == 1:
             default_issuer = self._settings.gitlab[0].issuer
         index = BindingIndex(loaded.bindings, default_issuer=default_issuer)
-        trusted = {g.issuer for g in self._settings.gitlab} if self._settings else set()
-        unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
-                    for b in index.unresolved]
-        unusable += [Rejected(b.key, f"spec.issuer: {b.spec.issuer} is not a trusted GitLab instance in settings")
-                     for b in index.bindings if b.spec.issuer is not None and b.spec.issuer not in trusted]
+        unusable: list[Rejected] = []
+        if self._settings is not None:
+            # The operator's rules (core.admission): a binding the settings refuse is not indexed at all. The
+            # issuer rule covers the bindings without an issuer when the settings trust several instances.
+            rules = admission.for_settings(self._settings)
+            refused = [(b, r) for b in index.bindings if (r := rules.check_binding(b)) is not None]
+            if refused:
+                unusable = [Rejected(b.key, r.message) for b, r in refused]
+                drop = {id(b) for b, _ in refused}
+                index = BindingIndex([b for b in index.bindings if id(b) not in drop], default_issuer=default_issuer)
+        else:
+            unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
+                        for b in index.unresolved]
         self._loaded, self._index = loaded, index
         self._rejected = loaded.rejected + tuple(unusable)
         for bad in self._rejected:
