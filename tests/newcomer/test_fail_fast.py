@@ -169,3 +169,19 @@ def test_a_broken_input_refuses_at_once_even_with_a_wait(tmp_path: Path) -> None
         refuse_start_on_broken_config(paths, out, wait=30, sleep=clock.sleep, clock=clock)
     assert clock.sleeps == 0
     assert "tokens.lifetme" in out.getvalue() and "waiting" not in out.getvalue()
+
+
+def test_a_pod_following_the_api_starts_without_the_operators_inputs(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # service/follow.py brings keys and bindings from the API: not ready until they arrive, but no crash loop.
+    monkeypatch.setenv("GITLAB_STS_FOLLOW_API", "true")
+    paths = _config(tmp_path, keys=None)
+    clock = _Clock()
+    out = io.StringIO()
+    refuse_start_on_broken_config(paths, out, wait=10, sleep=clock.sleep, clock=clock)
+    assert clock.sleeps == 0
+    assert f"following the API for it: {paths.keys / KEYSET_FILE}: cannot read" in out.getvalue()
+    # Broken settings still refuse, following or not.
+    paths.settings.write_text("issuer: [")
+    with pytest.raises(SystemExit):
+        refuse_start_on_broken_config(paths, io.StringIO(), wait=10, sleep=clock.sleep, clock=clock)

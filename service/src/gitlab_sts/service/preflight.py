@@ -21,6 +21,7 @@ from gitlab_sts.core.bindingdoc import load_bindings_dir
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import KEYSET_FILE, parse_keyring
 from gitlab_sts.core.settings import parse_settings
+from gitlab_sts.service.follow import FollowConfig
 from gitlab_sts.service.paths import ConfigPaths
 
 # The exit code of a start refused for its configuration (gunicorn's own failures exit 1, usage errors 2).
@@ -96,6 +97,12 @@ def refuse_start_on_broken_config(paths: ConfigPaths | None = None, out: TextIO 
         wait = float(os.environ.get("GITLAB_STS_START_WAIT_SECONDS") or 0)
     deadline = clock() + wait
     problems = load_problems(paths)
+    if FollowConfig.from_env() is not None and problems and all(p.absent for p in problems):
+        # The pod follows its config objects through the API (service/follow.py): what the volumes lack yet
+        # arrives from there within a second of the operator writing it. Start, not ready until then.
+        for problem in problems:
+            print(f"gitlab-sts: not written yet, following the API for it: {problem.message}", file=stream)
+        return
     if problems and all(p.absent for p in problems) and clock() < deadline:
         waiting = "; ".join(p.message for p in problems)
         print(f"gitlab-sts: waiting up to {wait:g} s for the operator to write what is missing: {waiting}",
