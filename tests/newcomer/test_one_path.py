@@ -12,8 +12,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 AUDIENCE = "https://sts.example.com"
 SERVICE = "https://gitlab-sts.gitlab-sts.svc:8443"
-FILES = ["README.md", "docs/job-client.md", "docs/troubleshooting.md", "examples/gitlab-ci.yml",
-         "templates/aws-credentials.yml", "charts/gitlab-sts/README.md", "operator/README.md"]
+FILES = ["README.md", "docs/job-client.md", "docs/troubleshooting.md", "docs/private-gitlab.md",
+         "examples/gitlab-ci.yml", "templates/aws-credentials.yml", "charts/gitlab-sts/README.md", "operator/README.md"]
 # The job's ID token audience (id_tokens aud, the component's input, the service's accepted audiences).
 AUD = re.compile(r"(?:\baud|\baudience|audiences\[0\])['\"]?\s*[:=]\s*\[?\s*['\"]?(https?://[^\s'\"\],]+)")
 # Where jobs send it (the job client's --url; `aws iam create-open-id-connect-provider --url` is the issuer).
