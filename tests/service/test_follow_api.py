@@ -23,10 +23,10 @@ import requests
 from gitlab_sts.core.bindingdoc import configmap_payload, load_manifests
 from gitlab_sts.core.bindings import CompiledBinding
 from gitlab_sts.core.keys import KEYSET_FILE
+from gitlab_sts.core.served import SERVED_ANNOTATION
 from gitlab_sts.service.follow import (
     BINDINGS,
     KEYS,
-    SERVED_ANNOTATION,
     SETTINGS,
     FollowConfig,
     Follower,
