@@ -125,26 +125,38 @@ def evaluate(namespace: str, name: str, spec: Any, generation: int, ctx: Context
                              "(see status.trustPolicy)", compiled, policy)
 
 
-def _ready_condition(status: Any) -> Mapping[str, Any] | None:
+def condition_of(status: Any, kind: str) -> Mapping[str, Any] | None:
+    """The condition of that type in a status, if any."""
     if not isinstance(status, Mapping):
         return None
     for cond in status.get("conditions") or ():
-        if isinstance(cond, Mapping) and cond.get("type") == READY:
+        if isinstance(cond, Mapping) and cond.get("type") == kind:
             return cond
     return None
 
 
-def desired_status(ev: Evaluation, current: Any, now: datetime) -> dict[str, Any]:
-    """The status the binding should have; lastTransitionTime moves only when Ready flips."""
+def _ready_condition(status: Any) -> Mapping[str, Any] | None:
+    return condition_of(status, READY)
+
+
+def desired_status(ev: Evaluation, current: Any, now: datetime,
+                   served: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The status the binding should have; lastTransitionTime moves only when Ready flips.
+
+    served: the Served condition (operator/served.py), when the operator tracks what the exchange pods serve.
+    """
     flag = "True" if ev.ready else "False"
     previous = _ready_condition(current)
     since = previous.get("lastTransitionTime") if previous and previous.get("status") == flag else None
+    conditions: list[dict[str, Any]] = [{
+        "type": READY, "status": flag, "reason": ev.reason, "message": ev.message,
+        "observedGeneration": ev.generation, "lastTransitionTime": since or rfc3339(now),
+    }]
+    if served is not None:
+        conditions.append(dict(served))
     return {
         "observedGeneration": ev.generation,
-        "conditions": [{
-            "type": READY, "status": flag, "reason": ev.reason, "message": ev.message,
-            "observedGeneration": ev.generation, "lastTransitionTime": since or rfc3339(now),
-        }],
+        "conditions": conditions,
         "subject": ev.subject,
         "project": ev.project,
         "trustPolicy": ev.trust_policy,  # None removes it (merge patch) when the binding is not ready

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# The Lease the operator reads (core.served): labels, and the annotation listing the served document digests.
+from gitlab_sts.core.served import LEASE_LABELS, SERVED_ANNOTATION
 from gitlab_sts.service.kubeapi import KubeAccess, KubeApi, KubeError, object_path, write_atomically
 from gitlab_sts.service.paths import ConfigPaths
 
@@ -45,10 +47,6 @@ log = logging.getLogger("gitlab_sts.service.follow")
 SETTINGS, BINDINGS, KEYS, PINNED = "settings", "bindings", "keys", "pinned"
 INPUTS = (SETTINGS, BINDINGS, KEYS, PINNED)
 SETTINGS_KEY = "settings.yaml"
-# The Lease annotation the operator reads: the bindings document digests the pod's workers serve.
-SERVED_ANNOTATION = "gitlab-sts.io/bindings-sha256"
-LEASE_COMPONENT = "exchange-served"
-LEASE_LABELS = {"app.kubernetes.io/name": "gitlab-sts", "app.kubernetes.io/component": LEASE_COMPONENT}
 SOURCES_FILE = "sources.json"
 # Digests the API delivered, per input: volume content among them is not newer than what the API gave.
 SEEN_LIMIT = 256
