@@ -70,6 +70,8 @@ async def test_a_healthy_start_logs_no_errors(k8s: Any, client: KubeClient, tmp_
         await eventually(lambda: in_config(client, "team-a/one"), timeout=60)
         await client.create(path_for(API, PLURAL, "team-a"), manifest("team-a", "two"))
         await eventually(lambda: ready(client, "team-a", "two"), timeout=60)
+        # Ready and the ConfigMap write are separate steps: wait for the write the last assertion reads.
+        await eventually(lambda: in_config(client, "team-a/one", "team-a/two"), timeout=60)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)

@@ -27,6 +27,7 @@ class BindingMemo:
         self._payload: tuple[int, Payload] | None = None
         self._ready = 0  # kept up to date on every change: counting 10,000 entries per event would cost more
         self.rendered = 0  # ready bindings in the last rendered payload (what a write of it holds)
+        self.rendered_generations: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -90,9 +91,11 @@ class BindingMemo:
     def payload(self) -> Payload:
         """ConfigMap data, binaryData and content digest of the ready bindings (cached per version)."""
         if self._payload is None or self._payload[0] != self.version:
-            texts = [ev.entry for _key, ev in sorted(self._entries.items()) if ev.entry is not None]
-            self._payload = (self.version, payload_of(*render_entries(texts)))
-            self.rendered = len(texts)
+            ready = [ev for _key, ev in sorted(self._entries.items()) if ev.entry is not None]
+            self._payload = (self.version, payload_of(*render_entries([ev.entry for ev in ready if ev.entry])))
+            self.rendered = len(ready)
+            # Which generation of each binding this document holds (the Served condition, operator/served.py).
+            self.rendered_generations = {f"{ev.namespace}/{ev.name}": ev.generation for ev in ready}
         return self._payload[1]
 
 

@@ -57,6 +57,8 @@ RULES: tuple[Rule, ...] = (
     Rule("own", "", ("secrets",), ("create",), why="create the keys Secret once"),
     Rule("own", "", ("secrets",), ("get", "patch"), (KEYS_SECRET,), why="rotate the signing keys"),
     Rule("own", "", ("events",), ("create",), why="the KeySetCorrupted Warning event on the keys Secret"),
+    Rule("own", "coordination.k8s.io", ("leases",), ("list", "watch"),
+         why="read the exchange pods' Leases: which bindings documents they serve (the Served condition)"),
 )
 
 

@@ -11,11 +11,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gitlab_sts.core.bindings import GROUP, VERSION
+from gitlab_sts.core.served import SERVED
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.configsync import ConfigWriter
-from gitlab_sts.operator.evaluation import Evaluation, desired_status, rejected_anew, rejection_event, status_patch
+from gitlab_sts.operator.evaluation import (
+    Evaluation,
+    condition_of,
+    desired_status,
+    rejected_anew,
+    rejection_event,
+    status_patch,
+)
 from gitlab_sts.operator.kube import ApiError, KubeClient, Page, path_for
 from gitlab_sts.operator.memo import BindingMemo
+from gitlab_sts.operator.served import ServedTracker
 from gitlab_sts.operator.statusqueue import StatusQueue
 
 PLURAL = "gitlabawsbindings"
@@ -33,6 +42,19 @@ async def pages_of(client: KubeClient, path: str, first: Page) -> AsyncIterator[
     yield first.items
     async for page in client.more_pages(path, first):
         yield page.items
+
+
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What status work needs of a binding object: identity, generation, resourceVersion and status.
+
+    Kept for every binding (Served re-checks, the status queue): without the spec, managedFields and
+    annotations that made a listed object ~10 KiB in memory; the spec is evaluated from the full object.
+    """
+    meta = obj.get("metadata") or {}
+    kept = {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion", "generation", "deletionTimestamp")
+            if k in meta}
+    out: dict[str, Any] = {"metadata": kept, "status": obj.get("status")}
+    return out
 
 
 def utc_now() -> datetime:
@@ -72,6 +94,45 @@ class Reconciler:
         self.queue = StatusQueue(self._publish_queued, workers=status_workers)
         self._versions: dict[Key, str] = {}  # resourceVersion last handled per binding
         self._listings: list[Listing] = []
+        # What the exchange pods serve (None: not tracked, no Served condition); the latest object per binding,
+        # so that a change of what the pods serve can queue the bindings whose Served condition changes.
+        self.served: ServedTracker | None = None
+        self._objects: dict[Key, Mapping[str, Any]] = {}
+        self._recheck: asyncio.Handle | None = None
+
+    def track_served(self, tracker: ServedTracker) -> None:
+        """Add the Served condition (from the exchange pods' Leases) to every binding's status."""
+        self.served = tracker
+        tracker.on_change = self.served_changed
+
+    def desired(self, ev: Evaluation, current: Any) -> dict[str, Any]:
+        """The status a binding should have now, with its Served condition when tracked."""
+        now = self.clock()
+        served = self.served.condition(ev, condition_of(current, SERVED), now) if self.served else None
+        return desired_status(ev, current, now, served)
+
+    def served_changed(self) -> None:
+        """What the pods serve (or what a written document holds) changed: re-check soon, once per burst."""
+        if self._recheck is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (pure tests): nothing is queued anyway
+        self._recheck = loop.call_later(0.05, self.recheck_served)
+
+    def recheck_served(self) -> int:
+        """Queue every binding whose status differs from what it should be now; returns how many."""
+        self._recheck = None
+        queued = 0
+        for key, obj in list(self._objects.items()):
+            ev = self.memo.get(key)
+            if ev is None:
+                continue
+            if status_patch(obj.get("status"), self.desired(ev, obj.get("status"))) is not None:
+                self.queue.put(key, obj, fresh=True)
+                queued += 1
+        return queued
 
     # -- one object ------------------------------------------------------------------------------------
 
@@ -86,6 +147,10 @@ class Reconciler:
         key = key_of(obj)
         meta = obj.get("metadata") or {}
         version = str(meta.get("resourceVersion") or "")
+        stored = obj
+        if event_type != "DELETED" and not meta.get("deletionTimestamp"):
+            stored = slim(obj)  # kept for every binding: only what status work reads, not spec or managedFields
+            self._objects[key] = stored
         if fresh:
             for active in self._listings:
                 if active.covers(key):
@@ -107,8 +172,8 @@ class Reconciler:
                 return None
             ev = self._apply(key, obj, int(meta.get("generation") or 0))
             self._versions[key] = version
-            if status_patch(obj.get("status"), desired_status(ev, obj.get("status"), self.clock())) is not None:
-                self.queue.put(key, obj, fresh=fresh)
+            if status_patch(obj.get("status"), self.desired(ev, obj.get("status"))) is not None:
+                self.queue.put(key, stored, fresh=fresh)
             return ev
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -121,6 +186,7 @@ class Reconciler:
         return ev
 
     def _forget(self, key: Key) -> None:
+        self._objects.pop(key, None)
         if self.memo.remove(key):
             self.writer.poke()
         self._versions.pop(key, None)
@@ -149,7 +215,7 @@ class Reconciler:
         """Patch .status if it differs from the evaluation; post a Warning event for a new rejection."""
         current = obj.get("status")
         now = self.clock()
-        patch = status_patch(current, desired_status(ev, current, now))
+        patch = status_patch(current, self.desired(ev, current))
         if patch is None:
             return False
         announce = rejected_anew(ev, current)

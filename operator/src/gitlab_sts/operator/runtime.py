@@ -24,6 +24,7 @@ from gitlab_sts.operator.pinnedrefresh import PinnedRefresher, refresher_for
 from gitlab_sts.operator.publish import Publisher, publisher_for
 from gitlab_sts.operator.reconcile import COMPONENT, Clock, Reconciler, utc_now
 from gitlab_sts.operator.retry import Backoff
+from gitlab_sts.operator.served import ServedTracker
 from gitlab_sts.operator.watcher import BindingWatcher
 
 log = logging.getLogger("gitlab_sts.operator")
@@ -50,6 +51,7 @@ class Runtime:
     pinned: PinnedRefresher | None = None  # only when settings name a pinnedJwksSource
     key_status: KeyStatus | None = None  # keys.json of the status ConfigMap
     watcher: BindingWatcher | None = None  # our own list+watch of the bindings (start(loops=True))
+    served: ServedTracker | None = None  # the exchange pods' Leases (the Served condition), when configured
 
     async def check_keys(self) -> Outcome:
         """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
@@ -150,6 +152,8 @@ class Runtime:
         self._spawn(self.writer.run(), "config-writer")
         self._spawn(self._keys_loop(), "key-rotation")
         self._spawn(self._mend_loop(), "mend")
+        if self.served is not None:
+            self._spawn(self.served.run(), "served-leases")
         if self.pinned is not None:
             self._spawn(self._pinned_loop(), "pinned-jwks")
 
@@ -190,5 +194,10 @@ def build_runtime(cfg: OperatorConfig, settings: Settings, endpoint: Endpoint, *
     policy = policy_for(settings)
     publisher = publisher_for(settings, policy, client, cfg.namespace, cfg.status_configmap)
     pinned = refresher_for(settings, client, cfg.namespace, cfg.pinned_jwks_configmap, cfg.status_configmap)
+    served = None
+    if cfg.exchange_lease_prefix:
+        served = ServedTracker(client, cfg.namespace, cfg.exchange_lease_prefix, clock)
+        reconciler.track_served(served)
+        writer.on_written = served.record
     return Runtime(cfg, settings, client, memo, writer, reconciler, policy, clock, new_key, publisher=publisher,
-                   pinned=pinned, key_status=KeyStatus(client, cfg.namespace, cfg.status_configmap))
+                   pinned=pinned, key_status=KeyStatus(client, cfg.namespace, cfg.status_configmap), served=served)

@@ -50,3 +50,10 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from gitlab_sts.service import gcpolicy
 
     gcpolicy.enable()
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Refuse to start (exit 3, each problem printed) when settings, bindings or keys do not load (issue #15)."""
+    from gitlab_sts.service.preflight import refuse_start_on_broken_config
+
+    refuse_start_on_broken_config()

@@ -46,6 +46,12 @@ PINNED_JWKS_AGE = Gauge(
     "gitlab_sts_pinned_jwks_age_seconds", "Seconds since a pinned GitLab key set was copied (settings pinnedAt).",
     ["issuer"], multiprocess_mode="livemax",
 )
+SERVED = Gauge(
+    "gitlab_sts_served_info",
+    "1 for the bindings document a worker serves (digest; where it came from: api or volume; the ConfigMap's "
+    "resourceVersion when from the API), 0 for documents it served before.",
+    ["digest", "source", "resource_version"], multiprocess_mode="livemax",
+)
 STS_CALLS = Counter(
     "gitlab_sts_sts_calls_total", "AssumeRoleWithWebIdentity calls by result code.", ["result"],
 )
