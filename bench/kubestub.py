@@ -210,10 +210,12 @@ class KubeStub:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away: stop listing it as a watcher
                 try:
-                    _version, kind, obj = await asyncio.wait_for(queue.get(), remaining)
+                    _version, kind, obj = await asyncio.wait_for(queue.get(), min(remaining, 0.5))
                 except TimeoutError:
-                    break
+                    continue
                 await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass

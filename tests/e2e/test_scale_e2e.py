@@ -165,7 +165,7 @@ def generations(watched: list[str]) -> dict[str, tuple[int, int, str]]:
     """ns/name -> (generation, status.observedGeneration, Ready status) of every binding."""
     out: dict[str, tuple[int, int, str]] = {}
     template = ('{range .items[*]}{.metadata.namespace}/{.metadata.name} {.metadata.generation} '
-                '{.status.observedGeneration} {.status.conditions[0].status}{"\\n"}{end}')
+                '{.status.observedGeneration} {.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}')
     for ns in watched:
         for line in kubectl("get", "gitlabawsbindings", "-n", ns, "-o", f"jsonpath={template}").stdout.splitlines():
             parts = line.split()
@@ -247,7 +247,8 @@ def test_scale(cluster: dict[str, Any]) -> None:
         obj = json.loads(kubectl("get", "gitlabawsbinding", "binding-00001", "-n", watched[1], "-o", "json").stdout)
         status = obj.get("status") or {}
         return bool(status.get("observedGeneration") == obj["metadata"]["generation"] and
-                    obj["metadata"]["generation"] >= 3 and status["conditions"][0]["status"] == "True")
+                    obj["metadata"]["generation"] >= 3 and
+                    any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]))
 
     single_at = poll(lambda: op.rss() is not None and single_ready(), 120, interval=0.1)
     poll(lambda: op.rss() is not None and all_ready(), 600, interval=1.0)

@@ -53,7 +53,7 @@ async def running(k8s: Any) -> AsyncIterator[Runtime]:
 async def ready(client: KubeClient, ns: str, name: str, generation: int = 1) -> dict[str, Any]:
     status = (await client.get(path_for(API, PLURAL, ns, name))).get("status") or {}
     assert status["observedGeneration"] == generation
-    assert status["conditions"][0]["status"] == "True", status
+    assert [c["status"] for c in status["conditions"] if c["type"] == "Ready"] == ["True"], status
     return status
 
 
