@@ -65,6 +65,13 @@ class PayloadTooLarge(InvalidRequest, status=413, reason="too_large"):
         super().__init__(f"the request body is larger than {limit} bytes")
 
 
+class RequestTimeout(InvalidRequest, status=408, reason="body_timeout"):
+    """The client did not send its whole request body in time (the server's read deadline)."""
+
+    def __init__(self) -> None:
+        super().__init__("the request body did not arrive in time; send it in one go")
+
+
 class MethodNotAllowed(InvalidRequest, status=405, reason="http_405"):
     """The path exists but not for this method; the answer names the allowed ones (RFC 9110 Allow)."""
 
