@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,16 @@ class InvalidTarget(ExchangeError, error="invalid_target", status=403, reason="n
 
 
 class TemporarilyUnavailable(ExchangeError, error="temporarily_unavailable", status=503, reason="unavailable"):
-    """A dependency (GitLab keys, signing key) is not usable right now."""
+    """A dependency (GitLab keys, signing key, replay store) is not usable right now; retry after a while."""
+
+    def __init__(self, description: str, *, reason: str | None = None, retry_after: float = 1,
+                 **details: Any) -> None:
+        super().__init__(description, reason=reason, **details)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After in whole seconds (clients such as `curl --retry` and `gitlab-sts login` honour it)."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServerError(ExchangeError, error="server_error", status=500, reason="internal_error"):

@@ -147,7 +147,8 @@ class JwksSettings(_Model):
     min_cache_seconds: int = Field(60, ge=0)
     max_cache_seconds: int = Field(86400, ge=1)
     max_stale_seconds: int = Field(21600, ge=0)
-    refetch_interval_seconds: float = Field(10.0, ge=0)
+    # An unknown kid waits for the next fetch up to this long (service.jwks.JwksCache.refresh).
+    refetch_interval_seconds: float = Field(1.0, ge=0, le=60)
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
 
