@@ -27,7 +27,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
     app.json.sort_keys = False  # type: ignore[attr-defined]
     svc = Service(paths or ConfigPaths.from_env(), clock=clock)
     if watch:
-        svc.state.start_watcher()
+        svc.state.start_watcher(tick=svc.update_gauges)
     app.extensions[EXTENSION] = svc
     for module in (exchange, wellknown, health, errors):
         app.register_blueprint(module.blueprint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +33,9 @@ class Service:
         # Used when settings turn on tokens.replayProtection (per process; see core.replay).
         self.replay: ReplayStore = MemoryReplayStore()
         self.collaborators = Collaborators(gitlab_keys=self.jwks, replay=self.replay, sts=self.sts)
+        # Each worker sets the time-driven gauges when it loads, and the watcher keeps them current: a gauge left
+        # at 0 by a worker that has not served /metrics yet would win the min across workers (a false alert).
+        self.update_gauges()
 
     def sts(self, settings: StsSettings) -> StsClient:
         """The STS client for the current settings (rebuilt only when they change)."""
@@ -67,6 +71,8 @@ class Service:
             problems.append("no signing key is active")
         detail: dict[str, Any] = {
             "ready": not problems, "problems": problems,
+            # Workers load the same files but each keeps its own GitLab key cache (`gitlab`): name the worker.
+            "worker": {"pid": os.getpid()},
             "errors": snap.errors,  # a file that failed to load (the last good one is still used)
             "bindings": len(snap.index) if snap.index else 0,
             "bindings_sha256": snap.bindings_digest,
