@@ -51,7 +51,7 @@ def read_answer(sock: socket.socket, timeout: float) -> bytes:
     try:
         while chunk := sock.recv(4096):
             data += chunk
-    except TimeoutError:
+    except OSError:  # a timeout, or a reset after the answer
         pass
     return data
 
@@ -67,7 +67,7 @@ class SlowClients:
         self.url, self.interval = url, interval
         self.stop = threading.Event()
         self.cut_off_in_headers = 0
-        self.answered_408 = 0
+        self.cut_off_in_body = 0
         self.other: list[str] = []
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i % 2 == 0,), daemon=True) for i in range(count)]
@@ -95,8 +95,10 @@ class SlowClients:
             with self._lock:
                 if outcome == "closed" and in_headers:
                     self.cut_off_in_headers += 1
-                elif outcome.startswith("HTTP/1.1 408"):
-                    self.answered_408 += 1
+                elif not in_headers and (outcome.startswith("HTTP/1.1 408") or outcome == "closed"):
+                    # 408, or closed: the server's close after its 408 can reach this client as a reset that
+                    # discards the unread 408 (test_deadlines_close_slow_requests checks the 408 itself).
+                    self.cut_off_in_body += 1
                 elif outcome != "stopped":
                     self.other.append(outcome[:80])
 
@@ -181,7 +183,7 @@ def test_idle_and_slow_clients_starve_nobody(deadline_service: Service) -> None:
             prober.start()
             with_them = token_latencies(svc, tokens[120:220])
             # Long enough that every slow client has met its deadline at least once.
-            eventually(lambda: slow.cut_off_in_headers >= SLOW // 2 and slow.answered_408 >= SLOW // 2,
+            eventually(lambda: slow.cut_off_in_headers >= SLOW // 2 and slow.cut_off_in_body >= SLOW // 2,
                        timeout=60, interval=0.5)
             stop.set()
             prober.join()
@@ -195,7 +197,7 @@ def test_idle_and_slow_clients_starve_nobody(deadline_service: Service) -> None:
     ratio = p99(with_them) / p99(without)
     print(f"held {held}/{IDLE} idle; /healthz {probes.count(200)}/{len(probes)}; /v1/token p99 "
           f"{p99(without) * 1000:.1f} ms without, {p99(with_them) * 1000:.1f} ms with ({ratio:.2f}x); "
-          f"slow clients cut off in headers {slow.cut_off_in_headers}, answered 408 {slow.answered_408}")
+          f"slow clients cut off in headers {slow.cut_off_in_headers}, cut off in the body {slow.cut_off_in_body}")
     assert held == IDLE  # idle connections are held (60 s idle deadline), not refused
     assert probes and all(p == 200 for p in probes), probes
     assert not slow.other, slow.other

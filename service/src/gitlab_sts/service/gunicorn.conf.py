@@ -55,6 +55,13 @@ def on_starting(server):  # type: ignore[no-untyped-def]
             server.log.warning("cannot raise the open-file limit from %s", soft)
 
 
+def ssl_context(config, default_ssl_context_factory):  # type: ignore[no-untyped-def]
+    """Serve a renewed certificate (its Secret files replaced) to new connections without a restart."""
+    from gitlab_sts.service.worker import ssl_context as reloading
+
+    return reloading(config, default_ssl_context_factory)
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Drop a dead worker's live gauges so metrics stay correct after a restart."""
     from prometheus_client import multiprocess

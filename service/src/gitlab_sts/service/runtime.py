@@ -10,12 +10,12 @@ from typing import Any
 
 from gitlab_sts.core.keys import algorithm_switch
 from gitlab_sts.core.pinnedjwks import pinned_ages
-from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.service import metrics
 from gitlab_sts.service.exchange import Collaborators
 from gitlab_sts.service.jwks import JwksCache
 from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.replaystore import ReplayStores
 from gitlab_sts.service.state import ConfigState, Snapshot
 from gitlab_sts.service.stsclient import StsClient
 
@@ -30,8 +30,8 @@ class Service:
         self.jwks = JwksCache(snapshot.settings.jwks if snapshot.settings else JwksSettings())
         self.development_keys = paths.development_keys
         self._sts: tuple[StsSettings, StsClient] | None = None
-        # Used when settings turn on tokens.replayProtection (per process; see core.replay).
-        self.replay: ReplayStore = MemoryReplayStore()
+        # Used when settings turn on tokens.replayProtection: memory per process, or tokens.replayStore.
+        self.replay = ReplayStores()
         self.collaborators = Collaborators(gitlab_keys=self.jwks, replay=self.replay, sts=self.sts)
         # Each worker sets the time-driven gauges when it loads, and the watcher keeps them current: a gauge left
         # at 0 by a worker that has not served /metrics yet would win the min across workers (a false alert).

@@ -112,6 +112,54 @@ class _HeaderDeadline:
         return kind is DeadlineExceeded
 
 
+class ReloadingSSLContext:
+    """An SSLContext stand-in that reloads the certificate when its files change (a renewed cert-manager Secret).
+
+    gunicorn's gthread worker built a context per connection; the gevent worker builds one at start and
+    would serve the old certificate until a restart. This checks the files' identity per connection (two
+    stat calls) and rebuilds only when they changed.
+    """
+
+    def __init__(self, factory: Any, files: tuple[str, ...]) -> None:
+        self._factory = factory
+        self._files = files
+        self._stamp: tuple[object, ...] | None = None
+        self._context: Any = None
+
+    def _current(self) -> Any:
+        stamp = tuple(_identity(f) for f in self._files)
+        if self._context is None or stamp != self._stamp:
+            self._context, self._stamp = self._factory(), stamp
+        return self._context
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> Any:
+        """SSLContext.wrap_socket with the current certificate."""
+        return self._current().wrap_socket(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+
+def _identity(path: str) -> object:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+_CONTEXTS: dict[tuple[str, ...], ReloadingSSLContext] = {}
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Any) -> ReloadingSSLContext:
+    """gunicorn's ssl_context hook: one reloading context per certificate/key pair in this process."""
+    files = (str(config.certfile), str(config.keyfile))
+    context = _CONTEXTS.get(files)
+    if context is None:
+        context = _CONTEXTS[files] = ReloadingSSLContext(default_ssl_context_factory, files)
+    return context
+
+
 class DeadlineGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type hints
     """gunicorn's gevent worker whose client sockets carry the read deadlines above."""
 
