@@ -19,6 +19,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && sh /usr/local/bin/gitlab-sts-install /opt/venv /wheels/gitlab_sts-*.whl
 
 # Runtime: no compilers, no build tools, no source tree; a fixed non-root UID that the chart also uses.
+# GITLAB_STS_CLIENT: the stdlib-only job client, the file the service serves at GET /v1/client/login.py.
 # The same base as the builder: the venv's interpreter symlinks point into it.
 FROM python:3.11-slim
 ARG UID=10001
@@ -30,6 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GITLAB_STS_GUNICORN_CONF=/opt/venv/lib/python3.11/site-packages/gitlab_sts/service/gunicorn.conf.py \
+    GITLAB_STS_CLIENT=/opt/venv/lib/python3.11/site-packages/gitlab_sts/login.py \
     GITLAB_STS_CONFIG_DIR=/etc/gitlab-sts
 RUN groupadd --system --gid "${UID}" gitlab-sts \
  && useradd --system --uid "${UID}" --gid "${UID}" --no-create-home --home-dir /nonexistent \

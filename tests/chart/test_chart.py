@@ -15,6 +15,8 @@ import yaml
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.operator import rbac
 from gitlab_sts.operator.config import OperatorConfig
+from gitlab_sts.service import rbac as exchange_rbac
+from gitlab_sts.service.follow import FollowConfig
 from gitlab_sts.service.paths import ConfigPaths
 from tests.chart import tools
 from tests.chart.conftest import ALL_FEATURES, MINIMAL, NAMESPACE, RELEASE, Helm, find, kinds
@@ -94,9 +96,9 @@ def test_default_objects() -> None:
     assert kinds(docs) == sorted([
         "ClusterRole/gitlab-sts-operator-watch", "ClusterRoleBinding/gitlab-sts-operator-watch",
         "ConfigMap/gitlab-sts-settings", "Deployment/gitlab-sts", "Deployment/gitlab-sts-operator",
-        "PodDisruptionBudget/gitlab-sts", "Role/gitlab-sts-operator", "RoleBinding/gitlab-sts-operator",
-        "Service/gitlab-sts", "Service/gitlab-sts-operator-metrics", "ServiceAccount/gitlab-sts",
-        "ServiceAccount/gitlab-sts-operator",
+        "PodDisruptionBudget/gitlab-sts", "Role/gitlab-sts", "Role/gitlab-sts-operator", "RoleBinding/gitlab-sts",
+        "RoleBinding/gitlab-sts-operator", "Service/gitlab-sts", "Service/gitlab-sts-operator-metrics",
+        "ServiceAccount/gitlab-sts", "ServiceAccount/gitlab-sts-operator",
     ])
     for doc in docs:
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
@@ -138,8 +140,16 @@ def test_object_names_from_values(helm3: Helm) -> None:
     cfg = OperatorConfig.from_env(env)
     assert (cfg.bindings_configmap, cfg.keys_secret, cfg.status_configmap, cfg.pinned_jwks_configmap) == (
         "b", "k", "s", "p")
-    role = find(docs, "Role")
+    role = find(docs, "Role", "gitlab-sts-operator")
     assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == {"b", "k", "s", "p"}
+    exchange_role = find(docs, "Role", "gitlab-sts")
+    assert {n for r in exchange_role["rules"] for n in r.get("resourceNames", [])} == {
+        "gitlab-sts-settings", "b", "k", "p"}
+    follow = FollowConfig.from_env(env_of(find(docs, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]
+                                          ["containers"][0]))
+    assert follow is not None
+    assert (follow.settings_configmap, follow.bindings_configmap, follow.keys_secret, follow.pinned_configmap) == (
+        "gitlab-sts-settings", "b", "k", "p")
     vols = {v["name"]: v for v in find(docs, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]["volumes"]}
     assert vols["bindings"]["configMap"]["name"] == "b" and vols["keys"]["secret"]["secretName"] == "k"
     assert vols["pinned"]["configMap"]["name"] == "p"
@@ -169,14 +179,18 @@ def test_operator_rbac_is_exactly_the_python_rules(helm: Helm, values: Path) -> 
     names = {rbac.BINDINGS_CONFIGMAP: "gitlab-sts-bindings", rbac.KEYS_SECRET: "gitlab-sts-keys",
              rbac.STATUS_CONFIGMAP: "gitlab-sts-status", rbac.PINNED_JWKS_CONFIGMAP: "gitlab-sts-pinned-jwks"}
     assert find(docs, "ClusterRole")["rules"] == _expected("watched", names)
-    assert find(docs, "Role")["rules"] == _expected("own", names)
+    assert find(docs, "Role", "gitlab-sts-operator")["rules"] == _expected("own", names)
     assert "${" not in yaml.safe_dump_all(docs)
-    # Nothing else grants anything.
-    assert sorted(d["kind"] for d in docs if d["kind"] in ("ClusterRole", "Role")) == ["ClusterRole", "Role"]
+    # Nothing else grants anything: the operator's two roles and the exchange pods' read-only Role.
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ("ClusterRole", "Role")) == [
+        ("ClusterRole", "gitlab-sts-operator-watch"), ("Role", "gitlab-sts"), ("Role", "gitlab-sts-operator")]
     sa = {"kind": "ServiceAccount", "name": "gitlab-sts-operator", "namespace": NAMESPACE}
     bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
     for b in bindings:
-        assert b["subjects"] == [sa], "only the operator's ServiceAccount is bound to anything"
+        if b["roleRef"]["name"] == "gitlab-sts":
+            assert b["subjects"] == [{"kind": "ServiceAccount", "name": "gitlab-sts", "namespace": NAMESPACE}]
+            continue
+        assert b["subjects"] == [sa], "only the operator's ServiceAccount is bound to the operator's roles"
     watched = yaml.safe_load(values.read_text()).get("operator", {}).get("watchNamespaces", [])
     watch_bindings = [b for b in bindings if b["roleRef"]["kind"] == "ClusterRole"]
     if not watched:
@@ -185,11 +199,45 @@ def test_operator_rbac_is_exactly_the_python_rules(helm: Helm, values: Path) -> 
         assert sorted(b["metadata"]["namespace"] for b in watch_bindings) == sorted(watched)
         assert {b["kind"] for b in watch_bindings} == {"RoleBinding"}
     own = [b for b in bindings if b["roleRef"]["kind"] == "Role"]
-    assert [(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in own] == [(NAMESPACE, "gitlab-sts-operator")]
+    assert sorted((b["metadata"]["namespace"], b["roleRef"]["name"]) for b in own) == [
+        (NAMESPACE, "gitlab-sts"), (NAMESPACE, "gitlab-sts-operator")]
 
 
-def test_exchange_service_has_no_api_access(helm3: Helm) -> None:
-    docs = helm3.template(ALL_FEATURES)
+# --- the exchange pods' RBAC: exactly service/rbac.py's rules, read-only on the named objects -----------------
+
+def test_exchange_rbac_file_is_the_rendered_rules() -> None:
+    assert (CHART / "files/exchange-rbac.yaml").read_text() == exchange_rbac.render()
+
+
+def test_exchange_rbac_is_exactly_the_python_rules_and_read_only(helm3: Helm) -> None:
+    docs = helm3.template(MINIMAL)
+    names = {exchange_rbac.SETTINGS_CONFIGMAP: "gitlab-sts-settings", exchange_rbac.BINDINGS_CONFIGMAP:
+             "gitlab-sts-bindings", exchange_rbac.KEYS_SECRET: "gitlab-sts-keys",
+             exchange_rbac.PINNED_JWKS_CONFIGMAP: "gitlab-sts-pinned-jwks"}
+    expected = []
+    for rule in exchange_rbac.RULES:
+        k8s = rule.as_k8s()
+        if "resourceNames" in k8s:
+            k8s["resourceNames"] = [names[n] for n in k8s["resourceNames"]]
+        expected.append(k8s)
+    rules = find(docs, "Role", "gitlab-sts")["rules"]
+    assert rules == expected
+    for rule in rules:
+        if rule["resources"] != ["leases"]:
+            # ConfigMaps and the Secret: read-only, and only the named ones.
+            assert set(rule["verbs"]) <= {"get", "list", "watch"} and rule["resourceNames"]
+        else:
+            assert rule["apiGroups"] == ["coordination.k8s.io"] and set(rule["verbs"]) == {"create", "patch"}
+    pod = find(docs, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["GITLAB_STS_FOLLOW_API"]["value"] == "true"
+    assert env["GITLAB_STS_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_exchange_service_has_no_api_access_without_follow_api(helm3: Helm) -> None:
+    docs = helm3.template(ALL_FEATURES, sets={"exchange.followApi": "false"})
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"] == "gitlab-sts"]
     assert find(docs, "ServiceAccount", "gitlab-sts")["automountServiceAccountToken"] is False
     pod = find(docs, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -267,7 +315,8 @@ def test_exchange_environment_matches_what_the_service_reads(helm3: Helm) -> Non
     assert pinned_volume["configMap"] == {"name": "gitlab-sts-pinned-jwks", "optional": True}
     # Every GITLAB_STS_*/PROMETHEUS_* variable the chart sets is one the service reads.
     package = ROOT / "service/src/gitlab_sts/service"
-    sources = "".join((package / name).read_text() for name in ("gunicorn.conf.py", "paths.py", "state.py"))
+    sources = "".join((package / name).read_text()
+                      for name in ("gunicorn.conf.py", "paths.py", "state.py", "follow.py", "preflight.py"))
     for name in env:
         assert f'"{name}"' in sources, f"{name} is set by the chart but read nowhere in service/"
     assert env["GITLAB_STS_BIND"] == "0.0.0.0:8443"
@@ -541,14 +590,19 @@ def test_notes_have_the_real_next_steps(helm: Helm) -> None:
     assert '"Federated": "arn:aws:iam::<ACCOUNT_ID>:oidc-provider/sts.example.com"' in notes
     assert '"sts.example.com:sub": "system:gitlabawsbinding:team-a:deploy"' in notes
     assert "kind: GitLabAWSBinding" in notes and "namespace: team-a" in notes
-    assert "GITLAB_STS_URL: https://gitlab-sts.gitlab-sts.svc:8443" in notes
-    assert "aud: https://sts.example.com" in notes
-    assert 'eval "$(gitlab-sts login' in notes
+    # The job: the CI/CD component with this installation's URL and audience, and the runner's CA mount.
+    assert "service_url: https://gitlab-sts.gitlab-sts.svc:8443" in notes
+    assert "audience: https://sts.example.com" in notes
+    assert "component: $CI_SERVER_FQDN/platform/gitlab-sts/aws-credentials@" in notes
+    assert "extends: .gitlab-sts-aws" in notes
+    assert "[[runners.kubernetes.volumes.config_map]]" in notes and 'mount_path = "/etc/gitlab-sts"' in notes
+    assert "get secret gitlab-sts-tls -o jsonpath='{.data.ca\\.crt}'" in notes
     assert "curl -fsS https://sts.example.com/.well-known/jwks.json" in notes
     if helm.major >= 4:
         assert helm.install_notes(ALL_FEATURES).strip() == notes.strip()
     plain = helm.notes(MINIMAL, sets={"tls.enabled": "false"})
-    assert "GITLAB_STS_URL: http://gitlab-sts.gitlab-sts.svc:8443" in plain
+    assert "service_url: http://gitlab-sts.gitlab-sts.svc:8443" in plain
+    assert 'ca_bundle: ""' in plain and "volumes.config_map" not in plain
     assert "WARNING: tls.enabled is false" in plain
 
 

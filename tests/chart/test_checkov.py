@@ -20,7 +20,7 @@ README = tools.CHART / "README.md"
 EXPECTED_SKIPS = {
     "CKV_K8S_15": "tests/chart/checkov.yaml",
     "CKV_K8S_43": "tests/chart/checkov.yaml",
-    "CKV_K8S_38": "operator Deployment annotation checkov.io/skip1",
+    "CKV_K8S_38": "operator and (with exchange.followApi) exchange Deployment annotations checkov.io/skip1",
     "CKV_DOCKER_2": "Dockerfile comment checkov:skip",
 }
 

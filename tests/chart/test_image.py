@@ -163,6 +163,38 @@ def test_installed_venv_has_both_programs_and_the_conf_where_the_dockerfile_says
     assert not (venv / "bin" / "pytest").exists()
 
 
+def test_the_image_carries_the_job_client_where_the_dockerfile_says(venv: Path) -> None:
+    client = re.search(r"GITLAB_STS_CLIENT=(\S+)", DOCKERFILE.read_text()).group(1)  # type: ignore[union-attr]
+    assert client.startswith("/opt/venv/")
+    installed = venv / client.removeprefix("/opt/venv/")
+    assert installed.read_bytes() == (ROOT / "cli/src/gitlab_sts/login.py").read_bytes()
+    assert client in (ROOT / "docs/job-client.md").read_text()
+
+
+def test_check_crd_of_the_installed_package_from_a_bindings_repository(venv: Path, tmp_path: Path) -> None:
+    # The wheel carries the CRD (package data): no repository checkout next to the command.
+    shutil.copytree(ROOT / "examples/bindings", tmp_path / "bindings")
+    proc = subprocess.run([str(venv / "bin/gitlab-sts"), "check", "--bindings", "bindings", "--crd"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=_image_env(venv))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok      team-payments/deploy-staging" in proc.stdout
+
+
+def test_service_entrypoint_refuses_to_start_on_a_broken_first_load(venv: Path, tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    (etc / "bindings").mkdir(parents=True)
+    (etc / "settings.yaml").write_text("issuer: https://sts.example.com\ngitlab: []\n")
+    env = _image_env(venv) | {"GITLAB_STS_CONFIG_DIR": str(etc), "GITLAB_STS_BIND": f"127.0.0.1:{_free_port()}",
+                              "GITLAB_STS_STATE_DIR": str(tmp_path / "state"),
+                              "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    proc = subprocess.run(["sh", str(ROOT / "docker/entrypoint.sh"), "service"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    # Kubernetes shows CrashLoopBackOff, and the log says which file and field.
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"{etc / 'settings.yaml'}: gitlab" in proc.stderr
+    assert f"{etc / 'keys' / 'keyset.json'}: cannot read: No such file or directory" in proc.stderr
+
+
 def _get(url: str, ctx: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:  # noqa: S310 - loopback only

@@ -109,9 +109,26 @@ def test_install_upgrade_dry_run_and_uninstall(layer: tools.Layer, namespaces: t
     assert can("patch", "configmaps", ns, f"{release}-bindings")
     assert not can("patch", "configmaps", ns, f"{release}-settings")
     assert not can("get", "secrets", ns, "something-else")
+    # The exchange pods (exchange.followApi): read-only on exactly their own config objects, and Leases.
     exchange_sa = f"system:serviceaccount:{ns}:{release}"
-    assert run([kubectl, "auth", "can-i", "get", "configmaps", "-n", ns, "--as", exchange_sa],
-               check=False).stdout.strip() == "no"
+
+    def exchange_can(verb: str, resource: str, name: str = "") -> bool:
+        target = f"{resource}/{name}" if name else resource
+        return run([kubectl, "auth", "can-i", verb, target, "-n", ns, "--as", exchange_sa],
+                   check=False).stdout.strip() == "yes"
+
+    for verb in ("get", "list", "watch"):
+        assert exchange_can(verb, "configmaps", f"{release}-bindings")
+        assert exchange_can(verb, "configmaps", f"{release}-settings")
+        assert exchange_can(verb, "secrets", f"{release}-keys")
+    assert not exchange_can("get", "configmaps", f"{release}-status")
+    assert not exchange_can("list", "configmaps"), "list only by name"
+    assert not exchange_can("get", "secrets", "something-else")
+    assert not exchange_can("patch", "configmaps", f"{release}-bindings")
+    assert not exchange_can("patch", "secrets", f"{release}-keys")
+    assert exchange_can("create", "leases.coordination.k8s.io")
+    assert exchange_can("patch", "leases.coordination.k8s.io", "any")
+    assert not exchange_can("delete", "leases.coordination.k8s.io", "any")
 
     # An upgrade that changes settings rolls the pods (new checksum) and keeps every object.
     before = _checksum(kubectl, ns, release)

@@ -177,7 +177,10 @@ def test_config_files_broken_mid_load_keep_serving_the_last_good(fake_gitlab: Fa
         assert {"settings", "keys"} <= seen_errors
         assert svc.metric("gitlab_sts_config_reloads_total", result="error") >= len(seen_errors)
         log = svc.log()
-        assert "config reload failed, keeping the last good version" in log
+        # A worker with the last good version in memory says it keeps it; one whose first load met a broken
+        # file (it booted late, under load) says it had none yet and that it took the copy a sibling saved.
+        assert ("config reload failed, keeping the last good version" in log
+                or "using the last good copy saved by an earlier load" in log)
         assert '"status": 500' not in log and "internal_error" not in log
     finally:
         svc.stop()

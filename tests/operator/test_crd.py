@@ -88,6 +88,7 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
     assert columns["Project"] == ".status.project"
     assert columns["Role"] == ".spec.aws.roleArn"
     assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["Served"] == '.status.conditions[?(@.type=="Served")].status'
     assert columns["Age"] == ".metadata.creationTimestamp"
 
 

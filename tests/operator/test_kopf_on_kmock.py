@@ -1,4 +1,4 @@
-"""kopf running the operator against KMock over HTTP: login, startup, seeding, keys, kopf's LIST+WATCH, cleanup."""
+"""kopf running the operator against KMock over HTTP: login, startup, the operator's own LIST+WATCH, keys, cleanup."""
 
 from __future__ import annotations
 
@@ -69,14 +69,13 @@ async def test_operator_under_kopf(k8s: Any, client: KubeClient, tmp_path: Path,
         secret = await eventually(lambda: client.get(path_for("v1", "secrets", "gitlab-sts", "gitlab-sts-keys")))
         assert "keyset.json" in secret["data"]
         assert handlers.runtime().healthy()["bindings"] == 1
-        # Only kopf's initial LIST reaches the handler for this one: our own startup seeding sets no status.
         await eventually(lambda: ready("team-a", "before-start", 1))
 
-        # From here on every change travels KMock -> kopf's watch stream -> binding_event: nothing calls
-        # the handlers directly.
+        # From here on every change travels KMock -> the operator's watch stream -> status queue: nothing
+        # calls the reconciler directly.
         async def watching() -> None:
             assert any(r.action == kmock.action.WATCH and r.resource is not None and r.resource.plural == PLURAL
-                       for r in k8s), "kopf opened no watch stream for the bindings"
+                       for r in k8s), "no watch stream for the bindings"
 
         await eventually(watching)
         await client.create(path_for(API, "gitlabawsbindings", "team-b"), manifest("team-b", "created"))

@@ -127,7 +127,9 @@ def test_settings_change_reindexes_reused_bindings(root: Path, state: ConfigStat
     (root / "settings.yaml").write_text(yaml.safe_dump(settings))
     snap = state.reload(force=False)
     assert compiles == []
-    assert snap.index is not None and len(snap.index.unresolved) == 3
+    # core.admission's issuer rule: the three without spec.issuer are rejected, not indexed.
+    assert snap.index is not None and not snap.index.unresolved
+    assert sum("spec.issuer: required" in r.error for r in snap.rejected) == 3
     assert view(snap) == view(ConfigState(paths(root)).current())
 
 

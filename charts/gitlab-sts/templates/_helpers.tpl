@@ -201,6 +201,9 @@ The schema catches wrong types; these are the rules a schema cannot say clearly.
 {{- if and $s.issuer (ne ((urlParse $s.issuer).path | default "") "") -}}
 {{- $errors = append $errors (printf "ingress.enabled needs settings.issuer without a path (the service serves /.well-known/ at the root), got %q" $s.issuer) -}}
 {{- end -}}
+{{- if and .Values.ingress.tls.clusterIssuer .Values.ingress.tls.issuer -}}
+{{- $errors = append $errors "ingress.tls.clusterIssuer and ingress.tls.issuer are exclusive: name one cert-manager issuer for the public certificate" -}}
+{{- end -}}
 {{- end -}}
 {{- if .Values.networkPolicy.enabled -}}
 {{- if not .Values.networkPolicy.runnerNamespaceSelector -}}

@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 
+from gitlab_sts.cli import PACKAGED_CRD
 from gitlab_sts.core.bindingdoc import load_bindings_dir
 from gitlab_sts.core.bindings import KIND, BindingIndex
-from gitlab_sts.core.claims import check_types
+from gitlab_sts.core.claims import check_types, unknown_claim_warnings
 from gitlab_sts.core.crdschema import load_crd, validate_manifest
 from gitlab_sts.core.errors import ConfigError, ExchangeError
 from gitlab_sts.core.exchange import explain
@@ -24,13 +25,26 @@ EXIT_MATCH, EXIT_NO_MATCH, EXIT_INVALID = 0, 1, 2
 
 
 def _claims(args: argparse.Namespace) -> dict[str, Any]:
+    """The claims of --claims or --token; every error names the file."""
     if args.claims is not None:
-        data = json.loads(args.claims.read_text())
+        try:
+            data = json.loads(args.claims.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.claims}: not valid JSON: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{args.claims}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{args.claims}: expected a JSON object of claims")
         return data
+    try:
+        text = args.token.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{args.token}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     # Offline: the signature cannot be checked here, and the check says so.
-    return parse_compact(args.token.read_text().strip(), max_bytes=65536).claims
+    try:
+        return parse_compact(text, max_bytes=65536).claims
+    except ExchangeError as exc:
+        raise ValueError(f"{args.token}: {exc}") from None
 
 
 def _settings(args: argparse.Namespace, issuer: str) -> Settings:
@@ -48,8 +62,13 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     problems = [f"{b.key}: {b.error}" for b in loaded.rejected]
-    if args.crd is not None:
-        problems.extend(_crd_problems(args.bindings, args.crd))
+    crd = args.crd_file if args.crd_file is not None else args.crd
+    if crd is not None:
+        problems.extend(_crd_problems(args.bindings, None if crd == PACKAGED_CRD else crd))
+    # A tag or source identity from a claim GitLab never sends is always empty: legal, but surely a typo.
+    for b in loaded.bindings:
+        for warning in unknown_claim_warnings(b.spec.aws.session_tags, b.spec.aws.source_identity):
+            print(f"warning: {b.key}: {warning}", file=sys.stderr)
     if args.claims is None and args.token is None:
         if args.json:
             print(json.dumps({"valid": [b.key for b in loaded.bindings], "invalid": problems}, indent=2))
@@ -68,6 +87,9 @@ def run_check(args: argparse.Namespace) -> int:
     issuer = str(claims.get("iss", ""))
     try:
         settings = _settings(args, issuer)
+    except OSError as exc:
+        print(f"error: {args.settings}: cannot read: {exc.strerror}", file=sys.stderr)
+        return EXIT_INVALID
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -97,12 +119,12 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_MATCH if len(matches) == 1 else EXIT_NO_MATCH
 
 
-def _crd_problems(directory: Path, crd_path: Path) -> list[str]:
+def _crd_problems(directory: Path, crd_path: Path | None) -> list[str]:
     """Validate every GitLabAWSBinding manifest against the CRD schema the API server enforces."""
     try:
         crd = load_crd(crd_path)
-    except (OSError, ValueError) as exc:
-        return [f"{crd_path}: cannot load the CRD: {exc}"]
+    except (OSError, ValueError, ConfigError) as exc:
+        return [str(exc)]
     problems: list[str] = []
     for path in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text())):

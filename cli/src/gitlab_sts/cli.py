@@ -13,11 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+# `check --crd` given without a file: the packaged CRD (gitlab_sts.core.crdschema.PACKAGED_CRD).
+PACKAGED_CRD = Path("(packaged)")
+
 # Subcommands living in their own modules: (module, function adding the parser).
 _PLUGINS = (
     ("gitlab_sts.login", "add_login_parser"),
     ("gitlab_sts.testing.sts", "add_sts_parser"),
     ("gitlab_sts.doctor", "add_doctor_parser"),
+    ("gitlab_sts.awspolicy", "add_awspolicy_parser"),
 )
 
 
@@ -94,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--claims", type=Path, help="JSON file of GitLab token claims")
     source.add_argument("--token", type=Path, help="file holding a GitLab ID token (signature NOT checked)")
     check.add_argument("--settings", type=Path, help="settings.yaml (for token defaults and caps)")
-    check.add_argument("--crd", type=Path, nargs="?", const=Path("charts/gitlab-sts/crds/gitlabawsbindings.yaml"),
-                       help="also validate manifests against the CRD schema (default: the chart's CRD)")
+    # --crd alone uses the CRD shipped inside the package, so it works from any directory (a bindings repository).
+    check.add_argument("--crd", type=Path, nargs="?", const=PACKAGED_CRD,
+                       help="also validate manifests against the CRD schema (default: the CRD this package ships)")
+    check.add_argument("--crd-file", type=Path, help="validate against this CRD file instead (implies --crd)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(func=_check)
 

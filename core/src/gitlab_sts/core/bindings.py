@@ -81,6 +81,10 @@ class BindingSpec(_Spec):
     aws: AwsTarget
 
 
+# RuleFailure.rule of a binding that the settings (trusted issuers, platform guard) refuse at exchange time.
+SETTINGS_RULE = "settings"
+
+
 @dataclass(frozen=True)
 class RuleFailure:
     """The first rule a binding failed: which rule, on which claim, expected versus actual."""
@@ -98,6 +102,8 @@ class RuleFailure:
         """Render as words a job log reader can act on."""
         if self.rule == "rules.condition":
             return f"rules.condition: the CEL condition {self.expected!r} gave {self.actual!r}, not true"
+        if self.rule == SETTINGS_RULE:
+            return f"{self.actual} (settings {self.claim})"
         return f"{self.rule}: claim {self.claim} is {self.actual!r}, expected {self.expected}"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitlab_sts.core.errors import InvalidRequest
@@ -28,6 +28,27 @@ DIGIT_STRING_CLAIMS = ("project_id", "namespace_id", "job_id", "pipeline_id", "u
 NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
 # Largest accepted exp/iat/nbf (2^53, JSON's safe integer range; about 285 million years).
 MAX_NUMERIC_DATE = 2**53
+
+
+# Every claim GitLab puts in an ID token (docs and lib/gitlab/ci/jwt*.rb, up to 18.9), standard ones included.
+GITLAB_CLAIMS = frozenset({
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti",
+    "namespace_id", "namespace_path", "project_id", "project_path", "job_namespace_id", "job_namespace_path",
+    "job_project_id", "job_project_path", "user_id", "user_login", "user_email", "user_access_level",
+    "user_identities", "pipeline_id", "pipeline_source", "job_id", "ref", "ref_type", "ref_path", "ref_protected",
+    "groups_direct", "environment", "environment_protected", "deployment_tier", "environment_action", "runner_id",
+    "runner_environment", "sha", "ci_config_ref_uri", "ci_config_sha", "project_visibility", "job_source",
+    "job_config",
+})
+
+
+def unknown_claim_warnings(session_tags: Sequence[str], source_identity: str | None) -> list[str]:
+    """Warnings for session tags or a source identity naming a claim GitLab never sends (always empty)."""
+    out = [f"aws.sessionTags: {name!r} is not a claim GitLab sends, so the tag is always empty"
+           for name in session_tags if name not in GITLAB_CLAIMS]
+    if source_identity is not None and source_identity not in GITLAB_CLAIMS:
+        out.append(f"aws.sourceIdentity: {source_identity!r} is not a claim GitLab sends")
+    return out
 
 
 def check_types(claims: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.resources
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,24 @@ _K8S_KEYWORDS = ("x-kubernetes-validations", "x-kubernetes-preserve-unknown-fiel
                  "x-kubernetes-list-map-keys", "x-kubernetes-int-or-string", "x-kubernetes-embedded-resource")
 
 
-def load_crd(path: Path) -> dict[str, Any]:
-    """Read a CRD YAML file, raising ConfigError when it is not one."""
+# A copy of charts/gitlab-sts/crds/gitlabawsbindings.yaml shipped as package data (tests keep them equal).
+PACKAGED_CRD = "gitlabawsbindings.crd.yaml"
+
+
+def packaged_crd_text() -> str:
+    """The GitLabAWSBinding CRD this package was built with, as YAML text."""
+    return importlib.resources.files("gitlab_sts.core").joinpath(PACKAGED_CRD).read_text(encoding="utf-8")
+
+
+def load_crd(path: Path | None = None) -> dict[str, Any]:
+    """Read a CRD YAML file (default: the packaged GitLabAWSBinding CRD), raising ConfigError when it is not one."""
+    where = path if path is not None else f"the packaged CRD ({PACKAGED_CRD})"
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text() if path is not None else packaged_crd_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read CRD: {exc}") from None
+        raise ConfigError(f"{where}: cannot read CRD: {exc}") from None
     if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
-        raise ConfigError(f"{path}: not a CustomResourceDefinition")
+        raise ConfigError(f"{where}: not a CustomResourceDefinition")
     return doc
 
 

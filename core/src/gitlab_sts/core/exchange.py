@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from gitlab_sts.core.bindings import BindingIndex, Candidate, CompiledBinding, Grant, RuleFailure
+from gitlab_sts.core import admission
+from gitlab_sts.core.bindings import SETTINGS_RULE, BindingIndex, Candidate, CompiledBinding, Grant, RuleFailure
 from gitlab_sts.core.errors import InvalidRequest, InvalidTarget, UnsupportedGrantType
 from gitlab_sts.core.settings import Settings
 from gitlab_sts.core.verify import VerifiedToken
@@ -137,6 +138,23 @@ def _refine(c: Candidate, request: ExchangeRequest, claims: dict[str, Any],
     return Candidate(c.binding, None, grant)
 
 
+def admitted(candidates: list[Candidate], settings: Settings) -> list[Candidate]:
+    """Mark the candidates that the settings refuse (issuer rule, platform guard) as failed.
+
+    The index normally holds admitted bindings only; this is the check at the point of minting, so that a
+    binding loaded before a tightened guard, or by any other path, cannot mint what the settings forbid.
+    """
+    rules = admission.for_settings(settings)
+    out = []
+    for c in candidates:
+        refusal = rules.check_binding(c.binding) if c.failure is None else None
+        if refusal is not None:
+            rule = "guard" if refusal.reason == admission.FORBIDDEN else "issuer"
+            c = Candidate(c.binding, RuleFailure(SETTINGS_RULE, rule, "admitted by the settings", refusal.message))
+        out.append(c)
+    return out
+
+
 def decide(verified: VerifiedToken, index: BindingIndex, settings: Settings,
            request: ExchangeRequest) -> Decision:
     """Pick the one binding that allows this token, or raise InvalidTarget saying why."""
@@ -145,7 +163,7 @@ def decide(verified: VerifiedToken, index: BindingIndex, settings: Settings,
     project = f"{claims.get('project_path')} (id {claims.get('project_id')})"
     if not candidates:
         raise InvalidTarget(f"no GitLabAWSBinding names project {project}", reason="no_binding")
-    candidates = [_refine(c, request, claims, settings) for c in candidates]
+    candidates = [_refine(c, request, claims, settings) for c in admitted(candidates, settings)]
     matching = [c for c in candidates if c.failure is None]
     if not matching:
         lines = "; ".join(f"{c.binding.key}: {c.failure.sentence()}" for c in candidates if c.failure)
@@ -168,7 +186,7 @@ def decide(verified: VerifiedToken, index: BindingIndex, settings: Settings,
 def explain(verified: VerifiedToken, index: BindingIndex, settings: Settings) -> list[dict[str, Any]]:
     """For each binding of the token's project: whether it matches and, if not, the first failed rule."""
     rows = []
-    for c in index.evaluate(verified.instance.issuer, verified.claims):
+    for c in admitted(index.evaluate(verified.instance.issuer, verified.claims), settings):
         failure = c.failure
         row: dict[str, Any] = {"binding": c.binding.key, "role_arn": c.binding.spec.aws.role_arn,
                                "subject": c.binding.subject}

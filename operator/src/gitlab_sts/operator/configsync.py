@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gitlab_sts.core.bindingdoc import DOC_FILE, DOC_FILE_GZ
@@ -76,6 +76,8 @@ class ConfigWriter:
         self._wake = asyncio.Event()
         self.written_digest: str | None = None
         self.last_error: str | None = None
+        # Told (digest, binding key -> generation) of each document found or put in the ConfigMap.
+        self.on_written: Callable[[str, Mapping[str, int]], None] | None = None
 
     def poke(self) -> None:
         """Note that the memo changed; the next run() iteration writes."""
@@ -87,11 +89,15 @@ class ConfigWriter:
             return False
         started = time.perf_counter()
         data, binary, digest = self._memo.payload()
+        bindings = self._memo.rendered  # counted with the payload: the memo may move on while we write
+        generations = self._memo.rendered_generations
         path = path_for("v1", "configmaps", self._namespace, self._name)
         for _attempt in range(5):
             current = await self._client.get_or_none(path)
             if stored_digest(current) == digest:
                 self.written_digest = digest
+                if self.on_written is not None:
+                    self.on_written(digest, generations)
                 metrics.CONFIG_WRITES.labels(result="unchanged").inc()
                 return False
             try:
@@ -106,8 +112,9 @@ class ConfigWriter:
                     continue
                 raise
             self.written_digest = digest
+            if self.on_written is not None:
+                self.on_written(digest, generations)
             size = sum(len(v) for v in data.values()) + sum(len(v) for v in binary.values())
-            bindings = self._memo.counts()[0]
             metrics.CONFIG_WRITES.labels(result="written").inc()
             metrics.CONFIG_BYTES.set(size)
             metrics.CONFIG_BINDINGS.set(bindings)
@@ -131,7 +138,7 @@ class ConfigWriter:
             except TRANSIENT as exc:
                 self.last_error = str(exc)
                 metrics.CONFIG_WRITES.labels(result="error").inc()
-                log.error("could not write the bindings ConfigMap: %s (retrying in %.0fs)", exc, backoff)
+                log.warning("could not write the bindings ConfigMap: %s (retrying in %.0fs)", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 self._wake.set()

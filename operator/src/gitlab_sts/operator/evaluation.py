@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# The admission reasons are condition reasons too (re-exported for the operator's callers).
+from gitlab_sts.core.admission import FORBIDDEN as FORBIDDEN
+from gitlab_sts.core.admission import UNTRUSTED_ISSUER as UNTRUSTED_ISSUER
+from gitlab_sts.core.admission import Admission
 from gitlab_sts.core.bindings import API_VERSION, KIND, CompiledBinding, ProjectSelector, compile_binding, subject_for
 from gitlab_sts.core.errors import CompileError
 from gitlab_sts.core.guard import Guard
@@ -19,8 +23,6 @@ from gitlab_sts.core.trustpolicy import trust_policy
 READY = "Ready"
 COMPILED = "Compiled"
 INVALID_SPEC = "InvalidSpec"
-UNTRUSTED_ISSUER = "UntrustedIssuer"
-FORBIDDEN = "Forbidden"
 MAX_MESSAGE = 2000
 
 
@@ -38,6 +40,11 @@ class Context:
         """Take our issuer, the token audience, the trusted GitLab issuers and the guard."""
         return cls(issuer=settings.issuer, default_audience=settings.tokens.audience,
                    trusted_issuers=tuple(g.issuer for g in settings.gitlab), guard=Guard(settings.guard))
+
+    @property
+    def admission(self) -> Admission:
+        """The issuer rule and the guard, as the service applies them (core.admission)."""
+        return Admission(self.trusted_issuers, self.guard)
 
 
 @dataclass(frozen=True)
@@ -110,41 +117,46 @@ def evaluate(namespace: str, name: str, spec: Any, generation: int, ctx: Context
         compiled = compile_binding(namespace, name, spec)
     except CompileError as exc:
         return outcome(INVALID_SPEC, str(exc))
-    issuer = compiled.spec.issuer
-    if issuer is not None and issuer not in ctx.trusted_issuers:
-        return outcome(UNTRUSTED_ISSUER, f"spec.issuer: {issuer} is not a GitLab instance the settings trust "
-                                         f"({', '.join(ctx.trusted_issuers)})")
-    if issuer is None and len(ctx.trusted_issuers) != 1:
-        return outcome(UNTRUSTED_ISSUER,
-                       f"spec.issuer: required because the settings trust {len(ctx.trusted_issuers)} GitLab instances")
-    problem = ctx.guard.problem(namespace, compiled.spec.aws.role_arn)
-    if problem is not None:
-        return outcome(FORBIDDEN, f"spec.aws.roleArn: {problem}")
+    refusal = ctx.admission.check_binding(compiled)
+    if refusal is not None:
+        return outcome(refusal.reason, refusal.message)
     policy = trust_policy(compiled, ctx.issuer, ctx.default_audience)
     return outcome(COMPILED, f"in the exchange service's config; the role must trust sub {compiled.subject} "
                              "(see status.trustPolicy)", compiled, policy)
 
 
-def _ready_condition(status: Any) -> Mapping[str, Any] | None:
+def condition_of(status: Any, kind: str) -> Mapping[str, Any] | None:
+    """The condition of that type in a status, if any."""
     if not isinstance(status, Mapping):
         return None
     for cond in status.get("conditions") or ():
-        if isinstance(cond, Mapping) and cond.get("type") == READY:
+        if isinstance(cond, Mapping) and cond.get("type") == kind:
             return cond
     return None
 
 
-def desired_status(ev: Evaluation, current: Any, now: datetime) -> dict[str, Any]:
-    """The status the binding should have; lastTransitionTime moves only when Ready flips."""
+def _ready_condition(status: Any) -> Mapping[str, Any] | None:
+    return condition_of(status, READY)
+
+
+def desired_status(ev: Evaluation, current: Any, now: datetime,
+                   served: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The status the binding should have; lastTransitionTime moves only when Ready flips.
+
+    served: the Served condition (operator/served.py), when the operator tracks what the exchange pods serve.
+    """
     flag = "True" if ev.ready else "False"
     previous = _ready_condition(current)
     since = previous.get("lastTransitionTime") if previous and previous.get("status") == flag else None
+    conditions: list[dict[str, Any]] = [{
+        "type": READY, "status": flag, "reason": ev.reason, "message": ev.message,
+        "observedGeneration": ev.generation, "lastTransitionTime": since or rfc3339(now),
+    }]
+    if served is not None:
+        conditions.append(dict(served))
     return {
         "observedGeneration": ev.generation,
-        "conditions": [{
-            "type": READY, "status": flag, "reason": ev.reason, "message": ev.message,
-            "observedGeneration": ev.generation, "lastTransitionTime": since or rfc3339(now),
-        }],
+        "conditions": conditions,
         "subject": ev.subject,
         "project": ev.project,
         "trustPolicy": ev.trust_policy,  # None removes it (merge patch) when the binding is not ready

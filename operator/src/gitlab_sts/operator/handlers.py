@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,11 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from gitlab_sts.core.bindings import GROUP, VERSION
-from gitlab_sts.core.settings import parse_settings
+from gitlab_sts.core.errors import ConfigError
+from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.kube import Endpoint
-from gitlab_sts.operator.reconcile import PLURAL
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -63,17 +63,40 @@ def login(settings: kopf.OperatorSettings, logger: logging.Logger | logging.Logg
     return credentials(settings, logger)
 
 
+class SettingsUnusable(Exception):
+    """settings.yaml cannot be read or is invalid: the operator stops (exit code 2) instead of retrying."""
+
+
+def load_settings(cfg: OperatorConfig) -> Settings:
+    """Read and validate settings.yaml; SettingsUnusable with one clear sentence when that fails."""
+    try:
+        return parse_settings(cfg.settings_file.read_text(), str(cfg.settings_file))
+    except OSError as exc:
+        raise SettingsUnusable(f"cannot read {cfg.settings_file}: {exc.strerror or exc}") from None
+    except (ConfigError, ValueError) as exc:
+        raise SettingsUnusable(f"invalid settings: {exc}") from None
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf runs only the lifecycle (login, startup, cleanup, probes): bindings are listed and watched by us.
+
+    Scanning is off: with no resource handlers kopf has nothing to discover, and scanning needs cluster-wide
+    reads of CustomResourceDefinitions and Namespaces that the chart does not grant (see operator/README.md).
+    """
+    settings.scanning.disabled = True
+    settings.posting.level = logging.WARNING  # kopf's own k8s events only for problems
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
                   **_: Any) -> None:
-    """Read settings.yaml, log in, seed the index, start the writer, key and resync loops and metrics."""
-    settings.posting.level = logging.WARNING  # kopf's own k8s events only for problems
-    settings.watching.server_timeout = 300
+    """Read settings.yaml, log in, start watching bindings, the status workers, writer, key loops and metrics."""
+    configure_kopf(settings)
     cfg = OperatorConfig.from_env()
     try:
-        app_settings = parse_settings(cfg.settings_file.read_text(), str(cfg.settings_file))
-    except OSError as exc:
-        raise kopf.PermanentError(f"cannot read {cfg.settings_file}: {exc}") from None
+        app_settings = load_settings(cfg)
+    except SettingsUnusable as exc:
+        raise kopf.PermanentError(str(exc)) from None
     rt = build_runtime(cfg, app_settings, endpoint_from(credentials(settings, logger)))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
@@ -89,21 +112,44 @@ async def cleanup(**_: Any) -> None:
         await rt.stop()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def binding_event(event: Mapping[str, Any], **_: Any) -> None:
-    """Every watch event of a binding: re-evaluate (memoised), update status and the config."""
-    await runtime().reconciler.on_event(event.get("type"), event.get("object") or {})
-
-
 @kopf.on.probe(id="operator")
 def probe(**_: Any) -> dict[str, Any]:
     """Liveness detail; fails when a background loop died."""
     return runtime().healthy()
 
 
+class QuietSuccess(logging.Filter):
+    """kopf logs every handler success at info; ours are routine, so they go to debug (dropped unless verbose)."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Demote "Handler '...' succeeded." records."""
+        if record.levelno == logging.INFO and record.name.startswith("kopf") \
+                and str(record.msg).startswith("Handler ") and str(record.msg).endswith(" succeeded."):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self.verbose
+        return True
+
+
+def quiet_kopf_logs(verbose: bool) -> None:
+    """Install QuietSuccess on the root handlers kopf.configure() set up."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietSuccess(verbose))
+
+
 def main() -> None:
     """`python -m gitlab_sts.operator`: one standalone replica, JSON logs, liveness endpoint."""
     cfg = OperatorConfig.from_env()
-    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=bool(os.environ.get("GITLAB_STS_OPERATOR_DEBUG")))
+    verbose = bool(os.environ.get("GITLAB_STS_OPERATOR_DEBUG"))
+    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=verbose)
+    quiet_kopf_logs(verbose)
+    try:
+        load_settings(cfg)  # fail here, once and clearly, rather than as a kopf handler retried forever
+    except SettingsUnusable as exc:
+        logging.getLogger("gitlab_sts.operator").critical("operator stopped: %s", exc)
+        sys.exit(2)
     kopf.run(standalone=True, clusterwide=not cfg.watch_namespaces, namespaces=cfg.watch_namespaces,
              liveness_endpoint=cfg.liveness_endpoint or None)

@@ -1,4 +1,4 @@
-"""A small asyncio Kubernetes API client: the few calls the operator makes besides kopf's watching."""
+"""A small asyncio Kubernetes API client: every call the operator makes, its list and watch of bindings included."""
 
 from __future__ import annotations
 
@@ -109,17 +109,56 @@ class KubeClient:
 
     async def list_all(self, path: str, *, page: int = 500) -> AsyncIterator[dict[str, Any]]:
         """Every item of a collection, paginated with limit/continue."""
+        items, _version = await self.list_versioned(path, page=page)
+        for item in items:
+            yield item
+
+    async def list_versioned(self, path: str, *, page: int = 500) -> tuple[list[dict[str, Any]], str]:
+        """Every item of a collection (paginated) and the list's resourceVersion, to watch from."""
         token = ""
+        items: list[dict[str, Any]] = []
+        version = ""
         while True:
             params = {"limit": str(page)}
             if token:
                 params["continue"] = token
             doc = await self.request("GET", path, params=params)
-            for item in doc.get("items") or ():
-                yield item
-            token = str((doc.get("metadata") or {}).get("continue") or "")
+            items.extend(doc.get("items") or ())
+            meta = doc.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")  # the first page's snapshot
+            token = str(meta.get("continue") or "")
             if not token:
-                return
+                return items, version
+
+    async def watch(self, path: str, resource_version: str, *, timeout_seconds: int = 300) -> AsyncIterator[
+            dict[str, Any]]:
+        """Watch events of a collection from resource_version (with bookmarks) until the server ends the stream.
+
+        Raises ApiError for a non-2xx answer (410 Gone: the version is too old, list again); an ERROR event
+        in the stream is yielded as it came, for the caller to read its status code.
+        """
+        params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        headers = dict(self._endpoint.headers())
+        self.calls += 1
+        # No total timeout on a stream: the server ends it after timeoutSeconds; a silent peer is caught by
+        # sock_read (bookmarks arrive about once a minute on a real API server).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 60)
+        async with self._session.get(path.lstrip("/"), params=params, headers=headers, timeout=timeout,
+                                     ssl=self._endpoint.ssl_context) as resp:
+            if resp.status >= 300:
+                text = await resp.text()
+                raise ApiError(resp.status, resp.reason or "", text[:500])
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if buffer.strip():
+                yield json.loads(buffer)
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST a new object to a collection."""

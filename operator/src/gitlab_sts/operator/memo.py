@@ -25,9 +25,30 @@ class BindingMemo:
         self.version = 0
         self.seeded = False  # the first full listing is in; until then a write would drop bindings
         self._payload: tuple[int, Payload] | None = None
+        self._ready = 0  # kept up to date on every change: counting 10,000 entries per event would cost more
+        self.rendered = 0  # ready bindings in the last rendered payload (what a write of it holds)
+        self.rendered_generations: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def get(self, key: Key) -> Evaluation | None:
+        """The latest evaluation of a binding, if known."""
+        return self._entries.get(key)
+
+    def all_keys(self) -> list[Key]:
+        """Every known binding (a copy: callers remove while iterating)."""
+        return list(self._entries)
+
+    def _set(self, key: Key, ev: Evaluation | None) -> Evaluation | None:
+        old = self._entries.pop(key, None) if ev is None else self._entries.get(key)
+        if ev is not None:
+            self._entries[key] = ev
+        self._ready += (1 if ev is not None and ev.ready else 0) - (1 if old is not None and old.ready else 0)
+        return old
 
     def evaluate(self, namespace: str, name: str, spec: Any, generation: int) -> Evaluation:
         """Evaluate, reusing the memoised result when generation and spec are unchanged."""
@@ -38,8 +59,7 @@ class BindingMemo:
 
     def upsert(self, ev: Evaluation) -> bool:
         """Store an evaluation; True when the config document changes."""
-        old = self._entries.get(ev.key)
-        self._entries[ev.key] = ev
+        old = self._set(ev.key, ev)
         if _same_config(old, ev):
             return False
         self.version += 1
@@ -47,7 +67,7 @@ class BindingMemo:
 
     def remove(self, key: Key) -> bool:
         """Forget a binding; True when the config document changes."""
-        old = self._entries.pop(key, None)
+        old = self._set(key, None)
         if old is None or not old.ready:
             return False
         self.version += 1
@@ -59,20 +79,23 @@ class BindingMemo:
         gone = any(ev.ready for key, ev in self._entries.items() if key not in fresh)
         changed = gone or any(not _same_config(self._entries.get(k), ev) for k, ev in fresh.items())
         self._entries = fresh
+        self._ready = sum(1 for ev in fresh.values() if ev.ready)
         if changed:
             self.version += 1
         return changed
 
     def counts(self) -> tuple[int, int]:
         """(ready, rejected)."""
-        ready = sum(1 for ev in self._entries.values() if ev.ready)
-        return ready, len(self._entries) - ready
+        return self._ready, len(self._entries) - self._ready
 
     def payload(self) -> Payload:
         """ConfigMap data, binaryData and content digest of the ready bindings (cached per version)."""
         if self._payload is None or self._payload[0] != self.version:
-            compiled = [ev.compiled for ev in self._entries.values() if ev.compiled is not None]
-            self._payload = (self.version, configmap_payload(compiled))
+            ready = [ev for ev in self._entries.values() if ev.compiled is not None]
+            self._payload = (self.version, configmap_payload([ev.compiled for ev in ready if ev.compiled]))
+            self.rendered = len(ready)
+            # Which generation of each binding this document holds (the Served condition, operator/served.py).
+            self.rendered_generations = {f"{ev.namespace}/{ev.name}": ev.generation for ev in ready}
         return self._payload[1]
 
 

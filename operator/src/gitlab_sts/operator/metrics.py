@@ -73,3 +73,13 @@ def record_keys(ring: KeyRing, now: datetime) -> None:
     for k in ring.keys:
         KEY_AGE.labels(kid=k.kid, state=key_state(ring, k.kid, now)).set((now - k.created_at).total_seconds())
     KEYS.set(len(ring.keys))
+
+STATUS_QUEUE = Gauge(_P + "status_queue",
+                     "Bindings whose status waits to be written (queued, in flight, backing off)",
+                     registry=REGISTRY)
+WATCH_RESTARTS = Counter(_P + "watch_restarts_total", "Binding watch streams ended, by why", ["reason"],
+                         registry=REGISTRY)
+LISTINGS = Counter(_P + "listings_total", "Full listings of the bindings, by why", ["reason"], registry=REGISTRY)
+SKIPPED = Counter(_P + "binding_events_skipped_total",
+                  "Binding events skipped cheaply (resourceVersion handled already, or overtaken by a watch event)",
+                  registry=REGISTRY)

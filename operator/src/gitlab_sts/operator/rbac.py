@@ -41,7 +41,7 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("watched", "gitlab-sts.io", ("gitlabawsbindings",), ("get", "list", "watch"),
-         why="read bindings: kopf's watch and the operator's own listing"),
+         why="read bindings: the operator's own listing and watch (resourceVersion-based)"),
     Rule("watched", "gitlab-sts.io", ("gitlabawsbindings/status",), ("patch",),
          why="write Ready, subject and trustPolicy into each binding's status"),
     Rule("watched", "", ("events",), ("create",),
@@ -57,6 +57,8 @@ RULES: tuple[Rule, ...] = (
     Rule("own", "", ("secrets",), ("create",), why="create the keys Secret once"),
     Rule("own", "", ("secrets",), ("get", "patch"), (KEYS_SECRET,), why="rotate the signing keys"),
     Rule("own", "", ("events",), ("create",), why="the KeySetCorrupted Warning event on the keys Secret"),
+    Rule("own", "coordination.k8s.io", ("leases",), ("list", "watch"),
+         why="read the exchange pods' Leases: which bindings documents they serve (the Served condition)"),
 )
 
 

@@ -23,8 +23,12 @@ from gitlab_sts.operator.memo import BindingMemo
 from gitlab_sts.operator.pinnedrefresh import PinnedRefresher, refresher_for
 from gitlab_sts.operator.publish import Publisher, publisher_for
 from gitlab_sts.operator.reconcile import COMPONENT, Clock, Reconciler, utc_now
+from gitlab_sts.operator.retry import Backoff
+from gitlab_sts.operator.served import ServedTracker
+from gitlab_sts.operator.watcher import BindingWatcher
 
 log = logging.getLogger("gitlab_sts.operator")
+KEY_RETRY = Backoff(first=1.0, cap=30.0)
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Runtime:
     publisher: Publisher | None = None  # S3 publishing and the status ConfigMap
     pinned: PinnedRefresher | None = None  # only when settings name a pinnedJwksSource
     key_status: KeyStatus | None = None  # keys.json of the status ConfigMap
+    watcher: BindingWatcher | None = None  # our own list+watch of the bindings (start(loops=True))
+    served: ServedTracker | None = None  # the exchange pods' Leases (the Served condition), when configured
 
     async def check_keys(self) -> Outcome:
         """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
@@ -91,6 +97,7 @@ class Runtime:
             log.warning("could not post the KeySetCorrupted event: %s", exc)
 
     async def _keys_loop(self) -> None:
+        failures = 0
         while True:
             delay = self.cfg.key_check_seconds
             try:
@@ -98,9 +105,12 @@ class Runtime:
                     delay = 1.0  # another writer raced us: re-read soon
                 if self.publisher is not None and self.publisher.failures:
                     delay = self.publisher.backoff(delay)  # retry a failed upload sooner, backing off
+                failures = 0
             except TRANSIENT as exc:
-                log.error("key set check failed: %s", exc)
-                delay = min(delay, 30.0)
+                # A failed read or write of the keys Secret is retried with backoff (1 s up to 30 s).
+                failures += 1
+                delay = min(delay, KEY_RETRY.delay(failures))
+                log.warning("key set check failed (attempt %d, retrying in %.1fs): %s", failures, delay, exc)
             await asyncio.sleep(delay)
 
     async def _pinned_loop(self) -> None:
@@ -115,27 +125,37 @@ class Runtime:
                 delay = min(delay, 60.0)  # retry a failed fetch or write sooner; the last copy stays meanwhile
             await asyncio.sleep(delay)
 
-    async def _resync_loop(self) -> None:
+    async def _mend_loop(self) -> None:
+        # The periodic check: list every binding and compare its status with what it should be; any
+        # difference (a missed event, a status edited by hand) is queued and patched like a fresh one.
         while True:
             await asyncio.sleep(self.cfg.resync_seconds)
             try:
-                await self.reconciler.resync()
+                count = await self.reconciler.resync()
+                log.debug("mend: compared the status of %d bindings", count)
             except TRANSIENT as exc:
-                log.error("resync of bindings failed: %s", exc)
+                log.warning("mend of binding statuses failed (next in %.0fs): %s", self.cfg.resync_seconds, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def start(self, *, loops: bool = True) -> None:
-        """Seed the memo from a full listing, make sure keys exist, then start the loops."""
-        count = await self.reconciler.resync()
-        log.info("indexed %d bindings", count)
+        """Start watching bindings, the status workers, the writer and the loops (loops=False: one listing, writer)."""
+        if not loops:
+            count = await self.reconciler.resync()
+            log.info("indexed %d bindings", count)
+            self._spawn(self.writer.run(), "config-writer")
+            return
+        self.watcher = BindingWatcher(self.client, self.reconciler, timeout_seconds=self.cfg.watch_timeout_seconds)
+        self._spawn(self.watcher.run(), "binding-watch")
+        self._spawn(self.reconciler.queue.run(), "status-queue")
         self._spawn(self.writer.run(), "config-writer")
-        if loops:
-            self._spawn(self._keys_loop(), "key-rotation")
-            self._spawn(self._resync_loop(), "resync")
-            if self.pinned is not None:
-                self._spawn(self._pinned_loop(), "pinned-jwks")
+        self._spawn(self._keys_loop(), "key-rotation")
+        self._spawn(self._mend_loop(), "mend")
+        if self.served is not None:
+            self._spawn(self.served.run(), "served-leases")
+        if self.pinned is not None:
+            self._spawn(self._pinned_loop(), "pinned-jwks")
 
     def healthy(self) -> dict[str, Any]:
         """Liveness detail; raises when a background loop died."""
@@ -143,7 +163,8 @@ class Runtime:
             if task.done() and not task.cancelled():
                 raise RuntimeError(f"background task {task.get_name()} stopped: {task.exception()!r}")
         return {
-            "bindings": len(self.memo), "configDigest": self.writer.written_digest,
+            "bindings": len(self.memo), "statusQueue": len(self.reconciler.queue),
+            "configDigest": self.writer.written_digest,
             "configError": self.writer.last_error,
             "keys": self.last_keys.result if self.last_keys else None,
             "publishError": self.publisher.last_error if self.publisher else None,
@@ -157,6 +178,7 @@ class Runtime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.reconciler.queue.close()
         with contextlib.suppress(*TRANSIENT):
             await self.writer.flush()
         await self.client.close()
@@ -172,5 +194,10 @@ def build_runtime(cfg: OperatorConfig, settings: Settings, endpoint: Endpoint, *
     policy = policy_for(settings)
     publisher = publisher_for(settings, policy, client, cfg.namespace, cfg.status_configmap)
     pinned = refresher_for(settings, client, cfg.namespace, cfg.pinned_jwks_configmap, cfg.status_configmap)
+    served = None
+    if cfg.exchange_lease_prefix:
+        served = ServedTracker(client, cfg.namespace, cfg.exchange_lease_prefix, clock)
+        reconciler.track_served(served)
+        writer.on_written = served.record
     return Runtime(cfg, settings, client, memo, writer, reconciler, policy, clock, new_key, publisher=publisher,
-                   pinned=pinned, key_status=KeyStatus(client, cfg.namespace, cfg.status_configmap))
+                   pinned=pinned, key_status=KeyStatus(client, cfg.namespace, cfg.status_configmap), served=served)

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from flask import Flask
 
 from gitlab_sts.service.audit import configure_logging
+from gitlab_sts.service.follow import FollowConfig, FollowerHost, LocalCopy
 from gitlab_sts.service.paths import ConfigPaths
 from gitlab_sts.service.responses import EXTENSION
-from gitlab_sts.service.routes import errors, exchange, health, wellknown
+from gitlab_sts.service.routes import client, errors, exchange, health, wellknown
 from gitlab_sts.service.runtime import Service
+from gitlab_sts.service.state import LastGood
 
 
 def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] = time.time,
@@ -25,11 +27,21 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
     app = Flask("gitlab_sts.service", root_path=here, instance_path=here)
     app.config["MAX_CONTENT_LENGTH"] = exchange.MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    svc = Service(paths or ConfigPaths.from_env(), clock=clock)
+    paths = paths or ConfigPaths.from_env()
+    local: LocalCopy | None = None
+    follow = FollowConfig.from_env() if watch else None
+    if follow is not None:
+        # Follow the config objects through the API into a local folder the workers load from; the mounted
+        # volumes seed it and stay the fallback (service/follow.py).
+        local = LocalCopy(LastGood.for_paths(paths).directory / "api")
+        local.seed(paths, marker=str(os.getppid()))
+        FollowerHost(follow, local, paths).start()
+        paths = local.paths(paths)
+    svc = Service(paths, clock=clock, local=local)
     if watch:
         svc.state.start_watcher(tick=svc.update_gauges)
     app.extensions[EXTENSION] = svc
-    for module in (exchange, wellknown, health, errors):
+    for module in (exchange, wellknown, health, client, errors):
         app.register_blueprint(module.blueprint)
     app.wsgi_app = exchange.timed(app.wsgi_app)  # type: ignore[method-assign,assignment]  # Flask's documented middleware hook
     return app

@@ -42,7 +42,7 @@ control_socket_disable = True
 forwarded_allow_ips = os.environ.get("GITLAB_STS_FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
+def _raise_fd_limit(server):  # type: ignore[no-untyped-def]
     """Raise the open-file limit to its hard limit: each held connection is a file descriptor."""
     import resource
 
@@ -74,3 +74,11 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from gitlab_sts.service import gcpolicy
 
     gcpolicy.enable()
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Refuse to start (exit 3, each problem printed) when settings, bindings or keys do not load (issue #15)."""
+    from gitlab_sts.service.preflight import refuse_start_on_broken_config
+
+    _raise_fd_limit(server)
+    refuse_start_on_broken_config()

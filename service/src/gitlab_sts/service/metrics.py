@@ -70,6 +70,12 @@ PINNED_JWKS_AGE = Gauge(
 REPLAY_STORE_ERRORS = Counter(
     "gitlab_sts_replay_store_errors", "Checks of single use that failed closed because the shared store failed.",
 )
+SERVED = Gauge(
+    "gitlab_sts_served_info",
+    "1 for the bindings document a worker serves (digest; where it came from: api or volume; the ConfigMap's "
+    "resourceVersion when from the API), 0 for documents it served before.",
+    ["digest", "source", "resource_version"], multiprocess_mode="livemax",
+)
 STS_CALLS = Counter(
     "gitlab_sts_sts_calls_total", "AssumeRoleWithWebIdentity calls by result code.", ["result"],
 )

@@ -12,7 +12,9 @@ from gitlab_sts.core.keys import algorithm_switch
 from gitlab_sts.core.pinnedjwks import pinned_ages
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.service import metrics
+from gitlab_sts.service.client import job_client
 from gitlab_sts.service.exchange import Collaborators
+from gitlab_sts.service.follow import LocalCopy
 from gitlab_sts.service.jwks import JwksCache
 from gitlab_sts.service.paths import ConfigPaths
 from gitlab_sts.service.replaystore import ReplayStores
@@ -23,8 +25,14 @@ from gitlab_sts.service.stsclient import StsClient
 class Service:
     """What one worker process keeps between requests (built once by create_app)."""
 
-    def __init__(self, paths: ConfigPaths, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, paths: ConfigPaths, clock: Callable[[], float] = time.time,
+                 local: LocalCopy | None = None) -> None:
+        # local: the folder the API follower writes (service/follow.py); paths then point into it.
+        self.local = local
+        self._served_labels: tuple[str, str, str] | None = None
         self.state = ConfigState(paths)
+        self.state.on_bindings = self._served
+        self._served(self.state.current())
         self.clock = clock
         snapshot = self.state.current()
         self.jwks = JwksCache(snapshot.settings.jwks if snapshot.settings else JwksSettings())
@@ -36,6 +44,29 @@ class Service:
         # Each worker sets the time-driven gauges when it loads, and the watcher keeps them current: a gauge left
         # at 0 by a worker that has not served /metrics yet would win the min across workers (a false alert).
         self.update_gauges()
+
+    def _served(self, snap: Snapshot) -> None:
+        """Report the bindings document this worker now serves: the metric, and the file the Lease is made of."""
+        source = self.local.sources().get("bindings") if self.local is not None else None
+        source = source if isinstance(source, dict) else {}
+        labels = (snap.bindings_digest, str(source.get("source") or "files"), str(source.get("resourceVersion") or ""))
+        if labels != self._served_labels:
+            if self._served_labels is not None:
+                metrics.SERVED.labels(*self._served_labels).set(0)
+            metrics.SERVED.labels(*labels).set(1)
+            self._served_labels = labels
+        if self.local is not None and snap.bindings_digest:
+            self.local.report_served(snap.bindings_digest)
+
+    def served(self) -> dict[str, Any]:
+        """What /readyz says about the served configuration and where it came from."""
+        snap = self.state.current()
+        out: dict[str, Any] = {"bindings_sha256": snap.bindings_digest, "follow_api": self.local is not None}
+        if self.local is not None:
+            sources = self.local.sources()
+            out["sources"] = {name: {k: v for k, v in entry.items() if k in ("source", "resourceVersion", "synced")}
+                              for name, entry in sources.items() if isinstance(entry, dict)}
+        return out
 
     def sts(self, settings: StsSettings) -> StsClient:
         """The STS client for the current settings (rebuilt only when they change)."""
@@ -76,6 +107,8 @@ class Service:
             "errors": snap.errors,  # a file that failed to load (the last good one is still used)
             "bindings": len(snap.index) if snap.index else 0,
             "bindings_sha256": snap.bindings_digest,
+            # Where each input came from (the API or the mounted volume) and the resourceVersion served.
+            "served": self.served(),
             # Runner jobs can reach /readyz: a count only, the details (names, errors) go to the log.
             "rejected_bindings": len(snap.rejected),
             "signing_kid": key.kid if key else None,
@@ -85,6 +118,8 @@ class Service:
             "development_keys": self.development_keys,
             "issuer": snap.settings.issuer if snap.settings else None,
             "gitlab": self.jwks.status(),
+            # The job client at GET /v1/client/login.py and its sha256, for jobs that pin it.
+            "client": job_client().summary(),
         }
         if snap.settings is not None:
             s = snap.settings

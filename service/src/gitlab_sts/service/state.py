@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitlab_sts.core import admission
 from gitlab_sts.core.bindingdoc import (
     DOC_FILE,
     LoadedBindings,
@@ -26,11 +27,13 @@ from gitlab_sts.core.pinnedjwks import PinnedCopy, apply_copies, file_name, pars
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.service import gcpolicy, metrics
 from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.preflight import read_error
 
 log = logging.getLogger("gitlab_sts.service")
 
-# How often the watcher looks at file fingerprints.
-CHECK_INTERVAL = 1.0
+# How often the watcher looks at file fingerprints: a few stat calls, cheap enough to do often, and what
+# bounds the delay between the API follower writing a copy and every worker serving it (service/follow.py).
+CHECK_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class ConfigState:
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._last_good = LastGood.for_paths(paths)
+        # Called with each new snapshot whose bindings digest changed (reports what this worker serves).
+        self.on_bindings: Callable[[Snapshot], None] | None = None
         self.snapshot = Snapshot(None, None, (), None, {"settings": "not loaded yet"})
         self.reload(force=True)
 
@@ -119,7 +124,14 @@ class ConfigState:
     def reload(self, force: bool = True) -> Snapshot:
         """Reload now (blocking); force re-reads every file."""
         with self._lock:
+            before = self.snapshot.bindings_digest
             loaded = self._reload_locked(force=force)
+            if self.on_bindings is not None and (force or self.snapshot.bindings_digest != before):
+                try:
+                    self.on_bindings(self.snapshot)
+                except OSError as exc:
+                    log.warning("cannot report the served bindings", extra={"event": "config_reload",
+                                                                            "error": exc.strerror})
             if loaded:
                 # When enabled (gunicorn workers), freeze what was loaded so that full garbage collections
                 # do not walk 10,000 bindings while request threads wait (service/gcpolicy.py).
@@ -133,21 +145,23 @@ class ConfigState:
         self._prints[name] = fp
         return True
 
-    def _attempt(self, name: str, load: Callable[[], None], fallback: Callable[[], None]) -> None:
+    def _attempt(self, name: str, load: Callable[[], None], fallback: Callable[[], bool]) -> None:
         try:
             load()
         except (ConfigError, OSError) as exc:
-            message = str(exc) if isinstance(exc, ConfigError) else f"cannot read: {exc.strerror}"
+            message = str(exc) if isinstance(exc, ConfigError) else read_error(self._path_of(name), exc)
             self._errors[name] = message
             metrics.CONFIG_RELOADS.labels(file=name, result="error").inc()
             metrics.CONFIG_OK.labels(file=name).set(0)
-            log.error("config reload failed, keeping the last good version",
+            kept = "keeping the last good version" if self._has(name) else "no good version loaded yet"
+            log.error(f"config reload failed, {kept}",
                       extra={"event": "config_reload", "file": name, "error": message})
             if not self._has(name):
                 # A worker that starts (or restarts) while a file is broken has no last good version
                 # in memory: take the copy another worker saved.
                 try:
-                    fallback()
+                    if not fallback():
+                        return  # nothing saved: say nothing about a copy that does not exist
                 except (ConfigError, OSError, ValueError):
                     return
                 log.warning("using the last good copy saved by an earlier load",
@@ -156,6 +170,10 @@ class ConfigState:
             self._errors.pop(name, None)
             metrics.CONFIG_RELOADS.labels(file=name, result="ok").inc()
             metrics.CONFIG_OK.labels(file=name).set(1)
+
+    def _path_of(self, name: str) -> Path:
+        return {"settings": self.paths.settings, "bindings": self.paths.bindings,
+                "keys": self.paths.keys / KEYSET_FILE}[name]
 
     def _has(self, name: str) -> bool:
         return {"settings": self._settings, "bindings": self._index, "keys": self._keys}[name] is not None
@@ -192,10 +210,12 @@ class ConfigState:
         self._settings = parse_settings(raw.decode(errors="replace"), source=self.paths.settings.name)
         self._last_good.save("settings.yaml", raw)
 
-    def _fallback_settings(self) -> None:
+    def _fallback_settings(self) -> bool:
         raw = self._last_good.load("settings.yaml")
-        if raw is not None:
-            self._settings = parse_settings(raw.decode(), source="last good settings.yaml")
+        if raw is None:
+            return False
+        self._settings = parse_settings(raw.decode(), source="last good settings.yaml")
+        return True
 
     def _load_bindings(self) -> None:
         # Entries unchanged since the last load keep their compiled bindings: only edits are compiled.
@@ -204,21 +224,31 @@ class ConfigState:
         # The operator's document is saved as read; a manifests folder is rendered into one.
         self._last_good.save(DOC_FILE, loaded.raw or render_document(loaded.bindings)[0])
 
-    def _fallback_bindings(self) -> None:
+    def _fallback_bindings(self) -> bool:
         raw = self._last_good.load(DOC_FILE)
-        if raw is not None:
-            self._adopt_bindings(parse_document(raw, "last good bindings"))
+        if raw is None:
+            return False
+        self._adopt_bindings(parse_document(raw, "last good bindings"))
+        return True
 
     def _adopt_bindings(self, loaded: LoadedBindings) -> None:
         default_issuer = None
         if self._settings is not None and len(self._settings.gitlab) == 1:
             default_issuer = self._settings.gitlab[0].issuer
         index = BindingIndex(loaded.bindings, default_issuer=default_issuer)
-        trusted = {g.issuer for g in self._settings.gitlab} if self._settings else set()
-        unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
-                    for b in index.unresolved]
-        unusable += [Rejected(b.key, f"spec.issuer: {b.spec.issuer} is not a trusted GitLab instance in settings")
-                     for b in index.bindings if b.spec.issuer is not None and b.spec.issuer not in trusted]
+        unusable: list[Rejected] = []
+        if self._settings is not None:
+            # The operator's rules (core.admission): a binding the settings refuse is not indexed at all. The
+            # issuer rule covers the bindings without an issuer when the settings trust several instances.
+            rules = admission.for_settings(self._settings)
+            refused = [(b, r) for b in index.bindings if (r := rules.check_binding(b)) is not None]
+            if refused:
+                unusable = [Rejected(b.key, r.message) for b, r in refused]
+                drop = {id(b) for b, _ in refused}
+                index = BindingIndex([b for b in index.bindings if id(b) not in drop], default_issuer=default_issuer)
+        else:
+            unusable = [Rejected(b.key, "spec.issuer: required when settings trust several GitLab instances")
+                        for b in index.unresolved]
         self._loaded, self._index = loaded, index
         self._rejected = loaded.rejected + tuple(unusable)
         for bad in self._rejected:
@@ -231,10 +261,12 @@ class ConfigState:
         self._keys = parse_keyring(raw.decode(errors="replace"), source=KEYSET_FILE)
         self._last_good.save(KEYSET_FILE, raw, secret=True)
 
-    def _fallback_keys(self) -> None:
+    def _fallback_keys(self) -> bool:
         raw = self._last_good.load(KEYSET_FILE)
-        if raw is not None:
-            self._keys = parse_keyring(raw.decode(), source="last good keyset.json")
+        if raw is None:
+            return False
+        self._keys = parse_keyring(raw.decode(), source="last good keyset.json")
+        return True
 
 
     def _load_pinned(self) -> None:
