@@ -28,17 +28,22 @@ CLASSES = {"gthread": "gthread", "gevent": "gitlab_sts.service.worker.DeadlineGe
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def worker_cpu(master_pid: int) -> float:
-    """CPU seconds (user + system) of the master's child processes, the gunicorn workers."""
-    total = 0.0
+def worker_cpus(master_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each of the master's child processes, the gunicorn workers."""
+    out = {}
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     for pid in children:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-    return total
+        out[pid] = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return out
+
+
+def worker_cpu(master_pid: int) -> float:
+    """CPU seconds of all workers."""
+    return sum(worker_cpus(master_pid).values())
 
 
 @contextlib.contextmanager
@@ -75,12 +80,16 @@ def run(seconds: float, rounds: int, workers: int = 2, connections: int = 16) ->
             order = list(CLASSES) if r % 2 == 0 else list(reversed(CLASSES))
             for name in order:
                 svc = services[name]
-                before = worker_cpu(svc.process.pid)
+                before = worker_cpus(svc.process.pid)
                 load = wrk_run(name, svc.url + "/v1/token", connections=connections, seconds=each, form=forms[name])
-                cpu = worker_cpu(svc.process.pid) - before
+                after = worker_cpus(svc.process.pid)
+                split = [after[p] - before.get(p, 0.0) for p in after]
+                cpu = sum(split)
                 per_request_us = cpu / load.requests * 1e6 if load.requests else 0.0
                 results[name].append((load, per_request_us))
-                print(f"  round {r + 1} {load.line()}  CPU {per_request_us:.0f} us/request", flush=True)
+                # The split shows whether one worker got most connections (a kept-alive connection stays put).
+                print(f"  round {r + 1} {load.line()}  CPU {per_request_us:.0f} us/request, per worker "
+                      f"{'/'.join(f'{c:.1f}' for c in split)} s", flush=True)
     out: dict[str, Any] = {"machine": machine_note(), "workers": workers, "connections": connections,
                            "rounds": rounds}
     for name in CLASSES:
