@@ -39,7 +39,7 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
         paths = local.paths(paths)
     svc = Service(paths, clock=clock, local=local)
     if watch:
-        svc.state.start_watcher()
+        svc.state.start_watcher(tick=svc.update_gauges)
     app.extensions[EXTENSION] = svc
     for module in (exchange, wellknown, health, client, errors):
         app.register_blueprint(module.blueprint)
