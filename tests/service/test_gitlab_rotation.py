@@ -75,11 +75,15 @@ def test_rotation_under_a_forged_kid_flood_fails_no_genuine_token(tmp_path: Path
             time.sleep(1.5)  # forged kids have been triggering fetches for a while
             fake.control(rotate=True)  # GitLab's admin rotates the CI key: tokens are signed with a new kid
             genuine = [_fresh_connection(svc, _staging(svc)) for _ in range(8)]
+            # Waiting requests wait in greenlets: the worker goes on answering (nothing blocks its loop).
+            probes = [requests.get(svc.url + "/healthz", timeout=5, headers={"Connection": "close"}).status_code
+                      for _ in range(6)]
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         fetches = _jwks_requests(fake) - before
         assert [a.status_code for a in genuine] == [200] * 8, [a.text for a in genuine if a.status_code != 200]
         assert set(flood.statuses) == {400} and flood.statuses[400] > 10, flood.statuses
+        assert probes == [200] * 6
         # At most one fetch per second per worker process (plus one each in flight at the end), whatever the flood.
         print(f"{flood.statuses[400]} forged requests, {fetches} JWKS fetches in {elapsed:.1f} s by 2 workers")
         assert fetches <= 2 * (elapsed + 2), fetches

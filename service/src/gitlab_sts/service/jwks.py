@@ -37,7 +37,8 @@ class _Entry:
     last_attempt: float = float("-inf")
     last_error: str | None = None
     pinned: dict[str, Any] | None = None  # the pinned document `keys` was imported from
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Looked up when an entry is made, not at import: under gevent it must be the patched (greenlet) lock.
+    lock: threading.Lock = field(default_factory=lambda: threading.Lock())
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -59,7 +60,7 @@ class JwksCache:
     """Implements core.verify.KeySource over HTTP with per-issuer caching."""
 
     def __init__(self, settings: JwksSettings, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] | None = None) -> None:
         self.settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -122,7 +123,8 @@ class JwksCache:
                 raise _unavailable(entry.last_attempt + interval - since)  # failed just now: not before the interval
             wait = entry.last_attempt + interval - self._clock()
             if wait > 0:
-                self._sleep(wait)
+                # time.sleep looked up now: under gevent a greenlet sleep, so other requests go on meanwhile.
+                (self._sleep or time.sleep)(wait)
             self._fetch(instance, entry)
             return self._fetched(entry, interval)
 
