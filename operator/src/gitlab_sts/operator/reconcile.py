@@ -157,11 +157,14 @@ class Reconciler:
                 return None
             before = self.memo.get(key)
             ev = self._apply(key, obj, int(meta.get("generation") or 0))
-            if fresh and self.served is not None and (before is None or before.generation != ev.generation):
+            edited = before is None or before.generation != ev.generation
+            if fresh and self.served is not None and edited:
                 self._recent.add(key)  # an edit: its Served condition goes first once the pods serve it
             self._versions[key] = version
             if status_patch(obj.get("status"), self.desired(ev, obj.get("status"))) is not None:
-                self.queue.put(key, obj, fresh=fresh)
+                # With Served tracked, the echo of our own patch can differ again (the pods moved on meanwhile):
+                # such a status-only difference waits behind the edits, which stay first.
+                self.queue.put(key, obj, fresh=fresh and (self.served is None or edited or key in self._recent))
             return ev
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
