@@ -131,15 +131,28 @@ async def main(n: int, burst: int) -> None:
                         for d in await lease_digests(client) for k in keys)
 
         pod_done = await wait(all_in_pod, timeout=300, interval=0.05)
+        print(f"bindings: {n}; KMock on loopback, real gunicorn exchange service (2 workers) following the API")
+        print(f"one edit -> pod serves it (Lease): p50 {statistics.median(to_pod) * 1e3:.0f} ms, "
+              f"max {max(to_pod) * 1e3:.0f} ms (10 edits)")
+        print(f"one edit -> Served=True in its status: p50 {statistics.median(to_status) * 1e3:.0f} ms, "
+              f"max {max(to_status) * 1e3:.0f} ms")
+        print(f"burst of {burst} edits: submitted in {submitted - started:.1f} s; every edit served by the pod "
+              f"{pod_done - started:.1f} s after the first", flush=True)
+        if os.environ.get("BENCH_SKIP_STATUS"):
+            return
 
         async def all_served() -> bool:
             results = await asyncio.gather(*(_served(client, p, 50) for p in paths[-50:]))
             if not all(results):
                 return False
-            results = await asyncio.gather(*(_served(client, p, 50) for p in paths))
-            return all(results)
+            for chunk in range(0, len(paths), 20):  # KMock answers one request at a time: no flood
+                if not all(await asyncio.gather(*(_served(client, p, 50) for p in paths[chunk:chunk + 20]))):
+                    return False
+            return True
 
         status_done = await wait(all_served, timeout=600, interval=0.5)
+        print(f"burst of {burst} edits: every status Served=True {status_done - started:.1f} s after the first",
+              flush=True)
     finally:
         if svc is not None:
             await asyncio.to_thread(svc.stop)
@@ -147,13 +160,6 @@ async def main(n: int, burst: int) -> None:
         await client.close()
         gitlab.stop()
         server.stop()
-    print(f"bindings: {n}; KMock on loopback, real gunicorn exchange service (2 workers) following the API")
-    print(f"one edit -> pod serves it (Lease): p50 {statistics.median(to_pod) * 1e3:.0f} ms, "
-          f"max {max(to_pod) * 1e3:.0f} ms (10 edits)")
-    print(f"one edit -> Served=True in its status: p50 {statistics.median(to_status) * 1e3:.0f} ms, "
-          f"max {max(to_status) * 1e3:.0f} ms")
-    print(f"burst of {burst} edits: submitted in {submitted - started:.1f} s; every edit served by the pod "
-          f"{pod_done - started:.1f} s after the first; every status Served=True after {status_done - started:.1f} s")
 
 
 async def _written(client: KubeClient) -> bool:
