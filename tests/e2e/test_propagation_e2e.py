@@ -127,7 +127,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             env={**os.environ, "KUBECONFIG": str(operator_config), "GITLAB_STS_NAMESPACE": ns,
                  "GITLAB_STS_WATCH_NAMESPACES": watched, "GITLAB_STS_CONFIG_DIR": str(settings_dir),
                  "GITLAB_STS_OPERATOR_METRICS_PORT": "0", "GITLAB_STS_OPERATOR_LIVENESS": "",
-                 "GITLAB_STS_OPERATOR_DEBOUNCE_SECONDS": os.environ.get("E2E_DEBOUNCE", "0.1")}))
+                 "GITLAB_STS_OPERATOR_DEBOUNCE_SECONDS": os.environ.get("E2E_DEBOUNCE", "0.2"),
+                 "GITLAB_STS_EXCHANGE_LEASE_PREFIX": "gitlab-sts"}))
         # The operator creates the keys Secret and the bindings ConfigMap before the service starts.
         eventually(lambda: kubectl("get", "secret", "gitlab-sts-keys", "-n", ns))
         env, _ = service_env(settings_dir / "settings.yaml", volume / "bindings", volume / "keys", host="127.0.0.1",
@@ -217,6 +218,41 @@ def test_served_condition_follows_the_leases(world: dict[str, Any]) -> None:
     apply([binding(ns, "served", project={"path": "g/p"}, rules={"refs": ["release/**"]})])
     eventually(holds(lambda: served(world, "served")["status"] == "True"), timeout=30)
     kubectl("delete", "gitlabawsbinding", "served", "-n", ns)
+
+
+def test_tightened_guard_stops_minting_and_the_operator_follows(world: dict[str, Any]) -> None:
+    """A guard added to the settings ConfigMap refuses on the pod within 2 s; the operator marks it Forbidden."""
+    ns, session = world["watched"], requests.Session()
+    apply([binding(ns, "guarded", project={"path": "g/p"}, rules={"refs": ["main"]})])
+    until(session, world, ok=True)
+    settings_file = world["tmp"] / "settings" / "settings.yaml"
+    original = settings_file.read_text()
+    tightened = original + "guard:\n  - namespaces: [someone-else]\n"
+    try:
+        patch = json.dumps({"data": {"settings.yaml": tightened}})
+        kubectl("patch", "configmap", "gitlab-sts-settings", "-n", world["ns"], "--type=merge", "-p", patch)
+        accepted = time.monotonic()
+        refused = until(session, world, ok=False) - accepted
+        print(f"\n[guard] settings ConfigMap patched -> first refusal {refused * 1000:.0f} ms")
+        assert refused < LIMIT
+        staged = settings_file.with_name(".settings.new")  # the operator's "mounted" file, replaced by rename
+        staged.write_text(tightened)
+        staged.replace(settings_file)
+
+        def forbidden() -> None:
+            obj = json.loads(kubectl("get", "gitlabawsbinding", "guarded", "-n", ns, "-o", "json").stdout)
+            ready_cond = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+            assert ready_cond["reason"] == "Forbidden"
+
+        eventually(forbidden, timeout=30)
+    finally:
+        kubectl("patch", "configmap", "gitlab-sts-settings", "-n", world["ns"], "--type=merge", "-p",
+                json.dumps({"data": {"settings.yaml": original}}))
+        staged = settings_file.with_name(".settings.new")
+        staged.write_text(original)
+        staged.replace(settings_file)
+        kubectl("delete", "gitlabawsbinding", "guarded", "-n", ns, "--wait=false")
+    until(session, world, ok=False)
 
 
 def test_many_bindings(world: dict[str, Any]) -> None:
