@@ -17,8 +17,8 @@ def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = bindingdoc.compile_binding
 
-    def counting(namespace: str, name: str, spec: Mapping[str, Any]) -> CompiledBinding:
+    def counting(namespace: str, name: str, spec: Mapping[str, Any], **kwargs: Any) -> CompiledBinding:
         seen.append(f"{namespace}/{name}")
-        return real(namespace, name, spec)
+        return real(namespace, name, spec, **kwargs)
     monkeypatch.setattr(bindingdoc, "compile_binding", counting)
     return seen

@@ -68,7 +68,8 @@ resource "aws_iam_role" "binding" {
   name                 = each.value.role_name
   path                 = each.value.role_path
   description          = "gitlab-sts binding ${each.value.namespace}/${each.value.name}"
-  assume_role_policy   = data.aws_iam_policy_document.trust[each.key].json
+  # The binding's status.trustPolicy when given verbatim, else the same policy built by the rules above.
+  assume_role_policy   = coalesce(each.value.trust_policy, data.aws_iam_policy_document.trust[each.key].json)
   max_session_duration = each.value.max_session_duration
   tags                 = var.tags
 }

@@ -30,6 +30,9 @@ variable "bindings" {
     source_identity      = optional(bool, false) # spec.aws.sourceIdentity is set
     audience             = optional(string)      # spec.aws.audience
     max_session_duration = optional(number, 3600)
+    # The binding's status.trustPolicy, verbatim, instead of building it here:
+    # kubectl -n NAMESPACE get gitlabawsbinding NAME -o jsonpath='{.status.trustPolicy}'
+    trust_policy = optional(string)
   }))
 }
 

@@ -452,3 +452,40 @@ def test_index_evaluate_reports_each_candidate() -> None:
     bad = compile_spec("bad", rules={"refs": ["release/*"]})
     rows = _index(ok, bad).evaluate(GITLAB, gitlab_claims())
     assert [(c.binding.name, c.failure is None) for c in rows] == [("bad", False), ("ok", True)]
+
+
+# ---------------------------------------------------------------- CEL programs: bounded, shared, lazy (issue #14)
+
+
+def test_cel_programs_are_bounded_shared_and_recompiled_after_eviction() -> None:
+    from gitlab_sts.core import bindings
+
+    bindings._compile_cel.cache_clear()
+    count = bindings.CEL_PROGRAM_CACHE + 40
+    compiled = [compile_spec(f"b-{i}", rules={"condition": f'claims.user_login != "bot-{i}"'}) for i in range(count)]
+    # A binding keeps its condition's source, not its program: the cache alone holds programs, and stays bounded.
+    assert bindings._compile_cel.cache_info().currsize == bindings.CEL_PROGRAM_CACHE
+    # The first ones were evicted: they compile again on use and still decide right.
+    assert compiled[0].evaluate(gitlab_claims(user_login="bot-0")) is not None
+    assert compiled[0].evaluate(gitlab_claims(user_login="someone")) is None
+    misses = bindings._compile_cel.cache_info().misses
+    twins = [compile_spec(f"twin-{i}", rules={"condition": 'claims.user_login != "bot-0"'}) for i in range(5)]
+    assert all(t.evaluate(gitlab_claims(user_login="bot-0")) is not None for t in twins)
+    assert bindings._compile_cel.cache_info().misses == misses  # identical source: compiled once, shared
+
+
+def test_lazy_cel_compiles_on_first_use_and_a_bad_condition_denies() -> None:
+    from gitlab_sts.core import bindings
+
+    with pytest.raises(CompileError, match="spec.rules.condition"):
+        compile_binding("team-a", "eager", base_spec(rules={"condition": "claims.("}))
+    lazy = compile_binding("team-a", "lazy", base_spec(rules={"condition": "claims.("}), lazy_cel=True)
+    failure = lazy.evaluate(gitlab_claims())
+    assert failure is not None and failure.rule == "rules.condition"
+    assert "does not compile" in str(failure.actual)
+    bindings._compile_cel.cache_clear()
+    good = compile_binding("team-a", "lazy-good", base_spec(rules={"condition": 'claims.ref == "main"'}),
+                           lazy_cel=True)
+    assert bindings._compile_cel.cache_info().currsize == 0  # nothing compiled at load
+    assert good.evaluate(gitlab_claims(ref="main")) is None
+    assert good.evaluate(gitlab_claims(ref="dev")) is not None

@@ -125,6 +125,11 @@ def test_the_terraform_module_builds_the_operators_trust_policy_for_each_example
                    if _unq(kind) == "aws_iam_policy_document"]
     (statement,) = document["statement"]
     conditions = {_unq(c["variable"]): [_unq(v) for v in c["values"]] for c in statement["condition"]}
+    (role,) = [named['"binding"'] for block in main["resource"] for kind, named in block.items()
+               if _unq(kind) == "aws_iam_role"]
+    # A binding's status.trustPolicy given verbatim wins; otherwise the policy document below is used.
+    assert role["assume_role_policy"] == \
+        "${coalesce(each.value.trust_policy, data.aws_iam_policy_document.trust[each.key].json)}"
     actions = statement["actions"]
     # The module's rules, read from its source, applied to each binding of the tfvars; then compared with core.
     assert '["sts:AssumeRoleWithWebIdentity"]' in actions

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,32 @@ async def test_unusable_settings_stop_the_operator_with_exit_code_2(k8s: Any, tm
     level, message = lines[0]
     assert level in ("critical", "fatal")  # kopf's JSON format says fatal
     assert "settings" in message and ("cannot read" in message or "invalid settings" in message), message
+
+
+@pytest.mark.parametrize(("user", "needs"), [
+    ({"token": "t"}, False),
+    ({"client-certificate-data": "x", "client-key-data": "y"}, False),
+    ({"exec": {"command": "aws"}}, True),
+    ({"auth-provider": {"name": "oidc"}}, True),
+])
+def test_only_exec_or_auth_provider_kubeconfigs_need_the_client_library(tmp_path: Path, user: dict[str, Any],
+                                                                        needs: bool) -> None:
+    from gitlab_sts.operator.handlers import kubeconfig_needs_client
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({"current-context": "c", "contexts": [{"name": "c", "context": {"user": "u"}}],
+                                    "users": [{"name": "u", "user": user}]}))
+    assert kubeconfig_needs_client({"KUBECONFIG": str(path)}) is needs
+    assert kubeconfig_needs_client({"KUBECONFIG": str(tmp_path / "missing")}) is True  # unclear: the library decides
+
+
+def test_the_entry_point_does_not_import_the_kubernetes_client_library(tmp_path: Path) -> None:
+    # ~80 MiB of RSS that kopf would import only to see whether the library is installed.
+    code = ("import runpy, sys\n"
+            "sys.argv = ['gitlab_sts.operator']\n"
+            "try:\n    runpy.run_module('gitlab_sts.operator', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('kubernetes' in sys.modules)\n")
+    env = {**os.environ, "GITLAB_STS_CONFIG_DIR": str(tmp_path)}  # no settings.yaml: exits 2 after the imports
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out

@@ -112,19 +112,30 @@ def render_document(bindings: Iterable[CompiledBinding]) -> tuple[bytes, str]:
 
 
 def _render_document(bindings: Iterable[CompiledBinding]) -> tuple[bytes, str]:
-    entries = [
-        {"namespace": b.namespace, "name": b.name, "spec": normalised_spec(b)}
-        for b in sorted(bindings, key=lambda b: (b.namespace, b.name))
-    ]
-    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    return render_entries([entry_text(b) for b in sorted(bindings, key=lambda b: (b.namespace, b.name))])
+
+
+def entry_text(binding: CompiledBinding) -> str:
+    """A binding's entry of the document as canonical JSON (what the operator keeps instead of the binding)."""
+    return _CANONICAL.encode({"namespace": binding.namespace, "name": binding.name, "spec": normalised_spec(binding)})
+
+
+def render_entries(texts: list[str]) -> tuple[bytes, str]:
+    """The document for entry texts already sorted by (namespace, name); same bytes as render_document."""
+    canonical = "[" + ",".join(texts) + "]"
     digest = hashlib.sha256(canonical.encode()).hexdigest()
-    doc = {"apiVersion": API_VERSION, "kind": DOC_KIND, "sha256": digest, "bindings": entries}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), digest
+    # json.dumps(doc, sort_keys=True) order: apiVersion, bindings, kind, sha256 (see _HEAD and _TAIL).
+    raw = b"".join((_HEAD, ",".join(texts).encode(), f'],"kind":"{DOC_KIND}","sha256":"{digest}"}}'.encode()))
+    return raw, digest
 
 
 def configmap_payload(bindings: Iterable[CompiledBinding]) -> tuple[dict[str, str], dict[str, bytes], str]:
     """Split into ConfigMap data / binaryData: plain JSON, or gzip when it would pass ~700 KiB."""
-    raw, digest = render_document(bindings)
+    return payload_of(*render_document(bindings))
+
+
+def payload_of(raw: bytes, digest: str) -> tuple[dict[str, str], dict[str, bytes], str]:
+    """ConfigMap data / binaryData of a rendered document: plain JSON, or gzip when it would pass ~700 KiB."""
     if len(raw) <= GZIP_THRESHOLD:
         return {DOC_FILE: raw.decode()}, {}, digest
     # mtime=0 keeps the gzip bytes deterministic for the same content.
@@ -222,12 +233,14 @@ def _compile_entry(entry: Any, text: str, source: str, i: int) -> CompiledBindin
     # A compiled binding does not depend on key order (fields are read by name), but validation names
     # unknown fields in input order: a rejection is worded from the canonical text instead, so that reusing
     # it does not depend on the key order of the document it was first read from.
+    # The operator validated every entry it wrote, CEL included: conditions compile on first use (a program
+    # per binding held ~60 KiB; 10,000 of them did not fit the exchange pod), and a bad one denies then.
     try:
-        return compile_binding(ns, name, spec)
+        return compile_binding(ns, name, spec, lazy_cel=True)
     except CompileError:
         pass
     try:
-        return compile_binding(ns, name, json.loads(text)["spec"])
+        return compile_binding(ns, name, json.loads(text)["spec"], lazy_cel=True)
     except CompileError as exc:
         return Rejected(f"{ns}/{name}", str(exc))
 

@@ -275,6 +275,11 @@ def _access_check(minimum: str) -> Check:
 _CEL_ENV = celpy.Environment()
 # Bound on the remembered results of one CEL condition (cleared, not evicted one by one, when full).
 CEL_RESULT_CACHE = 1024
+# Compiled CEL programs kept at once, shared by every binding with the same source text. A program is a lark
+# parse tree of ~90 objects (~50 KiB): 10,000 bindings with their own conditions held ~500 MiB when every
+# binding kept its own. Bindings keep only the source; a program is compiled on first use and evicted least
+# recently used, so memory is bounded whatever the number of bindings (bench/README.md, issue #14).
+CEL_PROGRAM_CACHE = 512
 _MISS = object()
 
 
@@ -318,7 +323,7 @@ def _claim_names(ast: Any) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CEL_PROGRAM_CACHE)
 def _compile_cel(source: str) -> _CelProgram:
     # Compiling costs ~0.2 ms; thousands of bindings often share a handful of conditions.
     ast = _CEL_ENV.compile(source)
@@ -333,20 +338,26 @@ def _cel_key(names: tuple[str, ...], c: Mapping[str, Any]) -> tuple[tuple[str, s
         return None
 
 
-def _cel_check(source: str, errors: list[FieldError]) -> Check | None:
-    try:
-        compiled = _compile_cel(source)
-    except Exception as exc:  # celpy raises its own parser errors; all mean "does not compile"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        errors.append(FieldError("spec.rules.condition", f"CEL expression does not compile: {first}"))
-        return None
-    program, names, results = compiled.program, compiled.names, compiled.results
+def _cel_error(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"CEL expression does not compile: {first}"
 
-    def evaluate(c: Mapping[str, Any]) -> RuleFailure | None:
+
+def _cel_check(source: str, errors: list[FieldError], *, lazy: bool = False) -> Check | None:
+    """The condition's check; compiled now to validate it (unless lazy), then again on use only if evicted."""
+    if not lazy:
+        try:
+            _compile_cel(source)  # validates; the program stays in the bounded cache, not in the binding
+        except Exception as exc:  # celpy raises its own parser errors; all mean "does not compile"
+            errors.append(FieldError("spec.rules.condition", _cel_error(exc)))
+            return None
+
+    def evaluate(compiled: _CelProgram, c: Mapping[str, Any]) -> RuleFailure | None:
+        names = compiled.names
         # Only the claims the condition reads are converted (the conversion costs as much as evaluating).
         data = dict(c) if names is None else {n: c[n] for n in names if n in c}
         try:
-            result = program.evaluate({"claims": json_to_cel(data)})
+            result = compiled.program.evaluate({"claims": json_to_cel(data)})
         except Exception as exc:  # evaluation errors (missing claim, bad types) deny
             return RuleFailure("rules.condition", "claims", source, f"evaluation error: {exc}")
         if isinstance(result, celpy.celtypes.BoolType):
@@ -355,6 +366,11 @@ def _cel_check(source: str, errors: list[FieldError]) -> Check | None:
         return RuleFailure("rules.condition", "claims", source, f"not a boolean: {result!r}")
 
     def check(c: Mapping[str, Any]) -> RuleFailure | None:
+        try:
+            compiled = _compile_cel(source)
+        except Exception as exc:  # only a lazily compiled condition gets here: it denies, fail closed
+            return RuleFailure("rules.condition", "claims", source, _cel_error(exc))
+        names, results = compiled.names, compiled.results
         # CEL has no clock or randomness: the answer is a function of the claims it reads, so it is
         # remembered per distinct value of those claims (the interpreter costs ~0.3 ms per run).
         key = _cel_key(names, c) if names is not None else None
@@ -362,7 +378,7 @@ def _cel_check(source: str, errors: list[FieldError]) -> Check | None:
         cached = results.get(key, _MISS) if key is not None else _MISS
         if cached is not _MISS:
             return cached  # type: ignore[return-value]
-        failure = evaluate(c)
+        failure = evaluate(compiled, c)
         if key is not None:
             if len(results) >= CEL_RESULT_CACHE:
                 results.clear()
@@ -378,8 +394,12 @@ def _check_metadata(namespace: str, name: str, errors: list[FieldError]) -> None
         errors.append(FieldError("metadata.name", f"must be a DNS subdomain name of at most {MAX_NAME} characters"))
 
 
-def compile_binding(namespace: str, name: str, spec: Mapping[str, Any]) -> CompiledBinding:
-    """Validate and compile one binding spec; raise CompileError naming every bad field."""
+def compile_binding(namespace: str, name: str, spec: Mapping[str, Any], *, lazy_cel: bool = False) -> CompiledBinding:
+    """Validate and compile one binding spec; raise CompileError naming every bad field.
+
+    lazy_cel: do not compile the CEL condition now (the service, for the operator's document, whose entries the
+    operator validated): it is compiled on first use, and denies if it does not compile.
+    """
     errors: list[FieldError] = []
     _check_metadata(namespace, name, errors)
     try:
@@ -445,7 +465,7 @@ def compile_binding(namespace: str, name: str, spec: Mapping[str, Any]) -> Compi
     if r.min_access_level is not None:
         optional.append(_access_check(r.min_access_level))
     if r.condition is not None:
-        optional.append(_cel_check(r.condition, errors))
+        optional.append(_cel_check(r.condition, errors, lazy=lazy_cel))
     checks.extend(c for c in optional if c is not None)
     if errors:
         raise CompileError(errors)

@@ -13,6 +13,7 @@ from typing import Any
 from gitlab_sts.core.admission import FORBIDDEN as FORBIDDEN
 from gitlab_sts.core.admission import UNTRUSTED_ISSUER as UNTRUSTED_ISSUER
 from gitlab_sts.core.admission import Admission
+from gitlab_sts.core.bindingdoc import entry_text
 from gitlab_sts.core.bindings import API_VERSION, KIND, CompiledBinding, ProjectSelector, compile_binding, subject_for
 from gitlab_sts.core.errors import CompileError
 from gitlab_sts.core.guard import Guard
@@ -47,19 +48,28 @@ class Context:
         return Admission(self.trusted_issuers, self.guard)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evaluation:
-    """The outcome for one binding at one generation: compiled and allowed, or why not."""
+    """The outcome for one binding at one generation: its verdict and the texts that follow from it.
+
+    Kept for every binding, so it holds no compiled program (a CEL parse tree is ~50 KiB): only the
+    verdict, the document entry and trust policy as compact JSON text, and a digest of the spec.
+    """
 
     namespace: str
     name: str
     generation: int
-    spec_digest: str
+    spec_digest: bytes
     reason: str
     message: str
     project: str = ""
-    compiled: CompiledBinding | None = None
-    trust_policy: dict[str, Any] | None = None
+    entry: str | None = None  # canonical JSON of the bindings-document entry; None when not ready
+    policy: str | None = None  # the trust policy as compact JSON
+
+    @property
+    def trust_policy(self) -> dict[str, Any] | None:
+        """The IAM trust policy the role needs (None when the binding is not ready)."""
+        return None if self.policy is None else dict(json.loads(self.policy))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -69,7 +79,7 @@ class Evaluation:
     @property
     def ready(self) -> bool:
         """Whether the binding goes into the service's config."""
-        return self.compiled is not None
+        return self.entry is not None
 
     @property
     def subject(self) -> str:
@@ -77,9 +87,9 @@ class Evaluation:
         return subject_for(self.namespace, self.name)
 
 
-def spec_digest(spec: Any) -> str:
+def spec_digest(spec: Any) -> bytes:
     """A stable hash of a raw spec (detects changes without recompiling)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 def project_label(spec: Any) -> str:
@@ -109,7 +119,9 @@ def evaluate(namespace: str, name: str, spec: Any, generation: int, ctx: Context
 
     def outcome(reason: str, message: str, compiled: CompiledBinding | None = None,
                 policy: dict[str, Any] | None = None) -> Evaluation:
-        return Evaluation(namespace, name, generation, digest, reason, _clip(message), label, compiled, policy)
+        return Evaluation(namespace, name, generation, digest, reason, _clip(message), label,
+                          None if compiled is None else entry_text(compiled),
+                          None if policy is None else json.dumps(policy, separators=(",", ":")))
 
     if not isinstance(spec, Mapping):
         return outcome(INVALID_SPEC, "spec: must be a mapping")

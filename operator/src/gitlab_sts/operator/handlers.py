@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import yaml
 from prometheus_client import start_http_server
 
 from gitlab_sts.core.errors import ConfigError
@@ -42,9 +43,28 @@ def runtime() -> Runtime:
     return _state["runtime"]
 
 
+def kubeconfig_needs_client(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the kubeconfig's current user logs in by exec plugin or auth provider (the client library's job).
+
+    A plain token or certificate is read by kopf's own kubeconfig login, which spares importing the
+    `kubernetes` library (~80 MiB of RSS). Anything unclear answers True: the client library decides.
+    """
+    env = os.environ if env is None else env
+    path = Path((env.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(os.pathsep)[0])
+    try:
+        doc = yaml.safe_load(path.read_text())
+        context = next(c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"])
+        user = next(u.get("user") or {} for u in doc["users"] if u["name"] == context["user"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration):
+        return True
+    return not isinstance(user, Mapping) or "exec" in user or "auth-provider" in user
+
+
 def credentials(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any]) -> Any:
     """Credentials for kopf and for our client alike: in-cluster service account, else kubeconfig."""
     info = kopf.login_with_service_account(settings=settings)
+    if info is None and not kubeconfig_needs_client():
+        info = kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         try:
             info = kopf.login_via_client(logger=logger, settings=settings)  # exec plugins, OIDC, ...

@@ -29,6 +29,15 @@ TRANSIENT: tuple[type[Exception], ...] = (ApiError, aiohttp.ClientError, OSError
 
 
 @dataclass(frozen=True)
+class Page:
+    """One page of a list: its items, the listing's resourceVersion, and the continue token ("" when last)."""
+
+    items: list[dict[str, Any]]
+    version: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """Where the API server is and how to authenticate (headers are re-read on 401)."""
 
@@ -115,20 +124,28 @@ class KubeClient:
 
     async def list_versioned(self, path: str, *, page: int = 500) -> tuple[list[dict[str, Any]], str]:
         """Every item of a collection (paginated) and the list's resourceVersion, to watch from."""
-        token = ""
-        items: list[dict[str, Any]] = []
-        version = ""
-        while True:
-            params = {"limit": str(page)}
-            if token:
-                params["continue"] = token
-            doc = await self.request("GET", path, params=params)
-            items.extend(doc.get("items") or ())
-            meta = doc.get("metadata") or {}
-            version = version or str(meta.get("resourceVersion") or "")  # the first page's snapshot
-            token = str(meta.get("continue") or "")
-            if not token:
-                return items, version
+        first = await self.list_page(path, limit=page)
+        items = list(first.items)
+        async for more in self.more_pages(path, first, limit=page):
+            items.extend(more.items)
+        return items, first.version
+
+    async def list_page(self, path: str, *, limit: int = 500, token: str = "") -> Page:
+        """One page of a collection; its `version` is the snapshot every page of the listing belongs to."""
+        params = {"limit": str(limit)}
+        if token:
+            params["continue"] = token
+        doc = await self.request("GET", path, params=params)
+        meta = doc.get("metadata") or {}
+        return Page(list(doc.get("items") or ()), str(meta.get("resourceVersion") or ""),
+                    str(meta.get("continue") or ""))
+
+    async def more_pages(self, path: str, first: Page, *, limit: int = 500) -> AsyncIterator[Page]:
+        """The pages after `first`, fetched one at a time (so a listing of 10,000 objects is never held whole)."""
+        page = first
+        while page.token:
+            page = await self.list_page(path, limit=limit, token=page.token)
+            yield page
 
     async def watch(self, path: str, resource_version: str, *, timeout_seconds: int = 300) -> AsyncIterator[
             dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gitlab_sts.core.bindingdoc import configmap_payload
+from gitlab_sts.core.bindingdoc import payload_of, render_entries
 from gitlab_sts.operator.evaluation import Context, Evaluation, evaluate, spec_digest
 
 Key = tuple[str, str]
@@ -91,8 +91,8 @@ class BindingMemo:
     def payload(self) -> Payload:
         """ConfigMap data, binaryData and content digest of the ready bindings (cached per version)."""
         if self._payload is None or self._payload[0] != self.version:
-            ready = [ev for ev in self._entries.values() if ev.compiled is not None]
-            self._payload = (self.version, configmap_payload([ev.compiled for ev in ready if ev.compiled]))
+            ready = [ev for _key, ev in sorted(self._entries.items()) if ev.entry is not None]
+            self._payload = (self.version, payload_of(*render_entries([ev.entry for ev in ready if ev.entry])))
             self.rendered = len(ready)
             # Which generation of each binding this document holds (the Served condition, operator/served.py).
             self.rendered_generations = {f"{ev.namespace}/{ev.name}": ev.generation for ev in ready}
@@ -102,6 +102,4 @@ class BindingMemo:
 def _same_config(old: Evaluation | None, new: Evaluation) -> bool:
     if old is None:
         return not new.ready
-    if old.ready != new.ready:
-        return False
-    return not new.ready or old.spec_digest == new.spec_digest
+    return old.entry == new.entry  # the document entry is all the config holds of a binding

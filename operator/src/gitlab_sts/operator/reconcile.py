@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from gitlab_sts.operator.evaluation import (
     rejection_event,
     status_patch,
 )
-from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.kube import ApiError, KubeClient, Page, path_for
 from gitlab_sts.operator.memo import BindingMemo
 from gitlab_sts.operator.served import ServedTracker
 from gitlab_sts.operator.statusqueue import StatusQueue
@@ -35,6 +35,26 @@ REPLAY_CHUNK = 20
 log = logging.getLogger("gitlab_sts.operator.bindings")
 Clock = Callable[[], datetime]
 Key = tuple[str, str]
+
+
+async def pages_of(client: KubeClient, path: str, first: Page) -> AsyncIterator[list[dict[str, Any]]]:
+    """The items of a listing page by page, starting with the page already fetched."""
+    yield first.items
+    async for page in client.more_pages(path, first):
+        yield page.items
+
+
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What status work needs of a binding object: identity, generation, resourceVersion and status.
+
+    Kept for every binding (Served re-checks, the status queue): without the spec, managedFields and
+    annotations that made a listed object ~10 KiB in memory; the spec is evaluated from the full object.
+    """
+    meta = obj.get("metadata") or {}
+    kept = {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion", "generation", "deletionTimestamp")
+            if k in meta}
+    out: dict[str, Any] = {"metadata": kept, "status": obj.get("status")}
+    return out
 
 
 def utc_now() -> datetime:
@@ -127,8 +147,10 @@ class Reconciler:
         key = key_of(obj)
         meta = obj.get("metadata") or {}
         version = str(meta.get("resourceVersion") or "")
+        stored = obj
         if event_type != "DELETED" and not meta.get("deletionTimestamp"):
-            self._objects[key] = obj
+            stored = slim(obj)  # kept for every binding: only what status work reads, not spec or managedFields
+            self._objects[key] = stored
         if fresh:
             for active in self._listings:
                 if active.covers(key):
@@ -151,7 +173,7 @@ class Reconciler:
             ev = self._apply(key, obj, int(meta.get("generation") or 0))
             self._versions[key] = version
             if status_patch(obj.get("status"), self.desired(ev, obj.get("status"))) is not None:
-                self.queue.put(key, obj, fresh=fresh)
+                self.queue.put(key, stored, fresh=fresh)
             return ev
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -238,13 +260,18 @@ class Reconciler:
         self._listings.append(listing)
         return listing
 
-    async def replay(self, listing: Listing, items: Iterable[Mapping[str, Any]], *, mend: bool = False) -> int:
-        """Apply listed items in small chunks behind fresh events, then drop what the listing no longer holds."""
+    async def replay(self, listing: Listing, pages: AsyncIterable[list[dict[str, Any]]] | Iterable[Mapping[str, Any]],
+                     *, mend: bool = False) -> int:
+        """Apply listed items in small chunks behind fresh events, then drop what the listing no longer holds.
+
+        pages: the listing's pages as they are fetched (or one plain iterable of items).
+        """
         try:
-            for i, obj in enumerate(items):
-                self.observe(None, obj, fresh=False, listing=listing, check_unchanged=not mend)
-                if i % REPLAY_CHUNK == REPLAY_CHUNK - 1:
-                    await asyncio.sleep(0)
+            if isinstance(pages, AsyncIterable):
+                async for page in pages:
+                    await self._replay_items(listing, page, mend)
+            else:
+                await self._replay_items(listing, list(pages), mend)  # type: ignore[arg-type]
             gone = [k for k in self.memo.all_keys() if listing.covers(k) and k not in listing.seen
                     and k not in listing.overtaken]
             for key in gone:
@@ -253,12 +280,22 @@ class Reconciler:
             self._listings.remove(listing)
         return len(listing.seen)
 
+    async def _replay_items(self, listing: Listing, items: list[dict[str, Any]], mend: bool) -> None:
+        # Items are dropped as they are applied: only one page of raw objects is alive at a time.
+        items.reverse()
+        count = 0
+        while items:
+            self.observe(None, items.pop(), fresh=False, listing=listing, check_unchanged=not mend)
+            count += 1
+            if count % REPLAY_CHUNK == 0:
+                await asyncio.sleep(0)
+
     async def resync(self) -> int:
         """List every scope and replay it (mending every status), then mark the memo seeded; returns the count."""
         count = 0
         for ns, path in self.paths():
-            items, _version = await self.client.list_versioned(path)
-            count += await self.replay(self.begin_listing(ns), items, mend=True)
+            first = await self.client.list_page(path)
+            count += await self.replay(self.begin_listing(ns), pages_of(self.client, path, first), mend=True)
         self.mark_seeded()
         self._count()
         return count

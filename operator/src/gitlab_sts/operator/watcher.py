@@ -9,7 +9,7 @@ from typing import Any
 
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.kube import TRANSIENT, ApiError, KubeClient
-from gitlab_sts.operator.reconcile import Reconciler
+from gitlab_sts.operator.reconcile import Reconciler, pages_of
 from gitlab_sts.operator.retry import Backoff
 
 log = logging.getLogger("gitlab_sts.operator.watch")
@@ -65,7 +65,7 @@ class BindingWatcher:
         attempt = 0
         while True:
             try:
-                items, version = await self._client.list_versioned(path)
+                first = await self._client.list_page(path)
                 break
             except TRANSIENT as exc:
                 attempt += 1
@@ -74,21 +74,29 @@ class BindingWatcher:
                 await asyncio.sleep(delay)
         metrics.LISTINGS.labels(reason=reason).inc()
         listing = self._reconciler.begin_listing(ns)
-        task = asyncio.get_running_loop().create_task(self._reconciler.replay(listing, items),
-                                                      name=f"replay {path}")
+        # The rest of the pages are fetched by the replay, one at a time, while the watch already runs.
+        task = asyncio.get_running_loop().create_task(
+            self._reconciler.replay(listing, pages_of(self._client, path, first)), name=f"replay {path}")
         self.replays.add(task)
-        first = self._first.get(path)
+        seeded = self._first.get(path)
 
         def done(t: asyncio.Task[int]) -> None:
             self.replays.discard(t)
             if t.cancelled():
                 return
             if t.exception() is not None:
-                log.error("replaying the listing of %s failed: %r", path, t.exception())
-            elif first is not None:
-                first.set()
+                # A later page failed (connection lost, continue token expired): list again from the start.
+                log.warning("listing of %s failed part way: %s; listing again", path, t.exception())
+                self.replays.add(asyncio.get_running_loop().create_task(self._relist_later(ns, path)))
+            elif seeded is not None:
+                seeded.set()
         task.add_done_callback(done)
-        return version
+        return first.version
+
+    async def _relist_later(self, ns: str | None, path: str) -> int:
+        await asyncio.sleep(self._backoff.first)
+        await self._list(ns, path, "retry")
+        return 0
 
     async def _scope(self, ns: str | None, path: str) -> None:
         self._versions[path] = await self._list(ns, path, "start")
