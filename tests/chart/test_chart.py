@@ -604,3 +604,24 @@ def test_notes_have_the_real_next_steps(helm: Helm) -> None:
     assert "service_url: http://gitlab-sts.gitlab-sts.svc:8443" in plain
     assert 'ca_bundle: ""' in plain and "volumes.config_map" not in plain
     assert "WARNING: tls.enabled is false" in plain
+
+
+def test_replay_store_url_comes_from_a_secret(helm3: Helm) -> None:
+    sets = {"replayStore.secretName": "valkey-url", "settings.tokens.replayProtection": "true",
+            "settings.tokens.replayStore.urlFile": "/etc/gitlab-sts/replay-store/url"}
+    docs = helm3.template(MINIMAL, sets=sets)
+    pod = find(docs, "Deployment", "gitlab-sts")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["replay-store"]["mountPath"] == "/etc/gitlab-sts/replay-store"
+    assert mounts["replay-store"]["readOnly"] is True
+    assert volumes["replay-store"]["secret"]["secretName"] == "valkey-url"
+    # The rendered settings name the file, never the URL.
+    settings = parse_settings(find(docs, "ConfigMap", "gitlab-sts-settings")["data"]["settings.yaml"])
+    assert settings.tokens.replay_store is not None
+    assert settings.tokens.replay_store.url_file == "/etc/gitlab-sts/replay-store/" + "url"
+    # One without the other is refused with a message that says what to set.
+    assert "replayStore.secretName" in helm3.error(MINIMAL, sets={k: v for k, v in sets.items()
+                                                                 if k != "replayStore.secretName"})
+    assert "settings.tokens.replayStore" in helm3.error(MINIMAL, sets={"replayStore.secretName": "valkey-url"})
+    assert "replay-store" not in str(helm3.template(MINIMAL))

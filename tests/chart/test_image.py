@@ -259,7 +259,7 @@ def test_service_entrypoint_serves_https_from_the_chart_layout(venv: Path, tmp_p
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "GITLAB_STS_BIND": f"127.0.0.1:{port}",
         "GITLAB_STS_WORKERS": "2",
-        "GITLAB_STS_THREADS": "2",
+        "GITLAB_STS_WORKER_CONNECTIONS": "1000",
         "GITLAB_STS_TLS_CERT": str(crt),
         "GITLAB_STS_TLS_KEY": str(key),
     }

@@ -84,9 +84,13 @@ def test_serve_without_keys_uses_development_keys(tmp_path: Path, tokens: str, k
     settings = tmp_path / "settings.yaml"
     settings.write_text(f"issuer: http://127.0.0.1:{port}\ngitlab:\n  - issuer: https://gitlab.example.com\n"
                         f"    audiences: [http://127.0.0.1:{port}]\n" + tokens)
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    # A temp dir of its own, to see everything the run writes there (tempfile honours TMPDIR).
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "GITLAB_STS_STATE_DIR")}
+    env["TMPDIR"] = str(tmp)
     process = subprocess.Popen([CLI, "serve", "--settings", str(settings), "--bindings", str(EXAMPLES),
-                                "--port", str(port), "--workers", "1"], stderr=subprocess.PIPE, text=True, env=env)
+                                "--port", str(port), "--workers", "2"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         ready = wait_ready(f"http://127.0.0.1:{port}")
         assert ready["development_keys"] is True
@@ -95,10 +99,19 @@ def test_serve_without_keys_uses_development_keys(tmp_path: Path, tokens: str, k
         assert len(jwks["keys"]) == 1
         # The development key has the configured algorithm (ES256 unless settings say otherwise).
         assert (jwks["keys"][0]["kty"], jwks["keys"][0]["alg"]) == (kty, alg)
+        # Private key material only in the run's own scratch folder (its keys/ and state/), which it removes.
+        holders = [p for p in tmp.rglob("*") if p.is_file() and b'"d"' in p.read_bytes()]
+        assert holders and all(p.relative_to(tmp).parts[0].startswith("gitlab-sts-dev-") for p in holders), holders
+        assert not list(tmp.glob("gitlab-sts-last-good-*"))
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert "development only" in stderr
+    assert process.returncode == 0
+    # Workers exit on SIGTERM without "--- Logging error ---" tracebacks (gunicorn's format needs process ids).
+    assert "Worker exiting" in stderr
+    assert "Traceback" not in stderr and "Logging error" not in stderr, stderr[-3000:]
+    assert list(tmp.iterdir()) == []  # nothing left behind
 
 
 @pytest.mark.timeout(120)

@@ -41,7 +41,8 @@ def test_parse_lease() -> None:
 def test_only_live_reports_count() -> None:
     fresh = PodReport("a", (A,), NOW + timedelta(seconds=1))
     gone = PodReport("b", (A,), NOW - timedelta(seconds=1))
-    assert live([gone, fresh], NOW) == [fresh]
+    starting = PodReport("c", (), NOW + timedelta(seconds=1))  # serves nothing yet: not counted (not ready either)
+    assert live([gone, fresh, starting], NOW) == [fresh]
 
 
 def test_served_needs_every_live_pod_on_a_document_with_the_current_generation() -> None:

@@ -11,6 +11,8 @@ Run with `make e2e`.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import statistics
@@ -127,7 +129,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             env={**os.environ, "KUBECONFIG": str(operator_config), "GITLAB_STS_NAMESPACE": ns,
                  "GITLAB_STS_WATCH_NAMESPACES": watched, "GITLAB_STS_CONFIG_DIR": str(settings_dir),
                  "GITLAB_STS_OPERATOR_METRICS_PORT": "0", "GITLAB_STS_OPERATOR_LIVENESS": "",
-                 "GITLAB_STS_OPERATOR_DEBOUNCE_SECONDS": os.environ.get("E2E_DEBOUNCE", "0.1")}))
+                 "GITLAB_STS_OPERATOR_DEBOUNCE_SECONDS": os.environ.get("E2E_DEBOUNCE", "0.2"),
+                 "GITLAB_STS_EXCHANGE_LEASE_PREFIX": "gitlab-sts"}))
         # The operator creates the keys Secret and the bindings ConfigMap before the service starts.
         eventually(lambda: kubectl("get", "secret", "gitlab-sts-keys", "-n", ns))
         env, _ = service_env(settings_dir / "settings.yaml", volume / "bindings", volume / "keys", host="127.0.0.1",
@@ -219,6 +222,41 @@ def test_served_condition_follows_the_leases(world: dict[str, Any]) -> None:
     kubectl("delete", "gitlabawsbinding", "served", "-n", ns)
 
 
+def test_tightened_guard_stops_minting_and_the_operator_follows(world: dict[str, Any]) -> None:
+    """A guard added to the settings ConfigMap refuses on the pod within 2 s; the operator marks it Forbidden."""
+    ns, session = world["watched"], requests.Session()
+    apply([binding(ns, "guarded", project={"path": "g/p"}, rules={"refs": ["main"]})])
+    until(session, world, ok=True)
+    settings_file = world["tmp"] / "settings" / "settings.yaml"
+    original = settings_file.read_text()
+    tightened = original + "guard:\n  - namespaces: [someone-else]\n"
+    try:
+        patch = json.dumps({"data": {"settings.yaml": tightened}})
+        kubectl("patch", "configmap", "gitlab-sts-settings", "-n", world["ns"], "--type=merge", "-p", patch)
+        accepted = time.monotonic()
+        refused = until(session, world, ok=False) - accepted
+        print(f"\n[guard] settings ConfigMap patched -> first refusal {refused * 1000:.0f} ms")
+        assert refused < LIMIT
+        staged = settings_file.with_name(".settings.new")  # the operator's "mounted" file, replaced by rename
+        staged.write_text(tightened)
+        staged.replace(settings_file)
+
+        def forbidden() -> None:
+            obj = json.loads(kubectl("get", "gitlabawsbinding", "guarded", "-n", ns, "-o", "json").stdout)
+            ready_cond = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+            assert ready_cond["reason"] == "Forbidden"
+
+        eventually(forbidden, timeout=30)
+    finally:
+        kubectl("patch", "configmap", "gitlab-sts-settings", "-n", world["ns"], "--type=merge", "-p",
+                json.dumps({"data": {"settings.yaml": original}}))
+        staged = settings_file.with_name(".settings.new")
+        staged.write_text(original)
+        staged.replace(settings_file)
+        kubectl("delete", "gitlabawsbinding", "guarded", "-n", ns, "--wait=false")
+    until(session, world, ok=False)
+
+
 def test_many_bindings(world: dict[str, Any]) -> None:
     ns = world["watched"]
     filler = [binding(ns, f"filler-{i:05d}", project={"path": f"other/p{i}"}) for i in range(MANY)]
@@ -231,3 +269,34 @@ def test_many_bindings(world: dict[str, Any]) -> None:
     numbers = measure(world, f"{MANY} bindings")
     assert numbers["apply_p99"] < LIMIT * 1000
     assert numbers["delete_p99"] < LIMIT * 1000
+
+    # A burst of 1,000 edits: converged when the ConfigMap holds every edit and the pod's Lease reports it.
+    burst = [binding(ns, f"filler-{i:05d}", project={"path": f"other/p{i}"}, rules={"refs": ["release/*"]})
+             for i in range(min(1000, MANY))]
+    started = time.monotonic()
+    for start in range(0, len(burst), 500):
+        kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(burst[start:start + 500]))
+    submitted = time.monotonic() - started
+
+    def converged() -> None:
+        cm = json.loads(kubectl("get", "configmap", "gitlab-sts-bindings", "-n", world["ns"], "-o", "json").stdout)
+        digest = cm["metadata"]["annotations"]["gitlab-sts.io/sha256"]
+        doc = config_doc(cm)
+        edited = {b["name"] for b in doc["bindings"] if b["spec"].get("rules", {}).get("refs") == ["release/*"]}
+        assert len(edited) == len(burst)
+        lease = json.loads(kubectl("get", "lease", "gitlab-sts-local-exchange", "-n", world["ns"], "-o",
+                                   "json").stdout)
+        assert lease["metadata"]["annotations"]["gitlab-sts.io/bindings-sha256"] == digest
+
+    eventually(converged, timeout=120)
+    took = time.monotonic() - started
+    print(f"\n[burst] {len(burst)} edits applied in {submitted:.1f} s; served by the pod {took:.1f} s after the first")
+    assert took < 30
+
+
+def config_doc(cm: dict[str, Any]) -> dict[str, Any]:
+    """The bindings document of the ConfigMap (plain or gzip)."""
+    if "bindings.json.gz" in (cm.get("binaryData") or {}):
+        doc: dict[str, Any] = json.loads(gzip.decompress(base64.b64decode(cm["binaryData"]["bindings.json.gz"])))
+        return doc
+    return dict(json.loads(cm["data"]["bindings.json"]))

@@ -175,6 +175,7 @@ def test_a_pod_following_the_api_starts_without_the_operators_inputs(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # service/follow.py brings keys and bindings from the API: not ready until they arrive, but no crash loop.
     monkeypatch.setenv("GITLAB_STS_FOLLOW_API", "true")
+    monkeypatch.setenv("GITLAB_STS_STATE_DIR", str(tmp_path / "state"))
     paths = _config(tmp_path, keys=None)
     clock = _Clock()
     out = io.StringIO()
@@ -185,3 +186,15 @@ def test_a_pod_following_the_api_starts_without_the_operators_inputs(tmp_path: P
     paths.settings.write_text("issuer: [")
     with pytest.raises(SystemExit):
         refuse_start_on_broken_config(paths, io.StringIO(), wait=10, sleep=clock.sleep, clock=clock)
+
+
+def test_following_the_api_without_a_state_folder_refuses_to_start(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The follower copies the keys Secret: without a configured state folder it would land in the temp dir.
+    monkeypatch.setenv("GITLAB_STS_FOLLOW_API", "true")
+    monkeypatch.delenv("GITLAB_STS_STATE_DIR", raising=False)
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        refuse_start_on_broken_config(_config(tmp_path), out, wait=0)
+    assert exit_info.value.code == EXIT_CONFIG
+    assert "GITLAB_STS_FOLLOW_API needs GITLAB_STS_STATE_DIR" in out.getvalue()

@@ -205,7 +205,7 @@ def start_service(root: Path, fake: FakeGitLabProcess, *, bindings: Path = EXAMP
     metrics_dir = root / "metrics"
     metrics_dir.mkdir(exist_ok=True)
     env, _ = service_env(root / "settings.yaml", root / "bindings", root / "keys", host="127.0.0.1", port=port,
-                         workers=workers, metrics_dir=metrics_dir)
+                         workers=workers, metrics_dir=metrics_dir, state_dir=root / "state")
     log_path = root / "service.log"
     log_file = log_path.open("wb")
     process = start_gunicorn(env, stdout=subprocess.DEVNULL, stderr=log_file)

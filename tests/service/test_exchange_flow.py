@@ -57,7 +57,8 @@ def snapshot(gitlab: FakeGitLab) -> Snapshot:
 
 def _via(snapshot: Snapshot) -> Collaborators:
     assert snapshot.settings is not None
-    return Collaborators(gitlab_keys=JwksCache(snapshot.settings.jwks), replay=MemoryReplayStore(), sts=_no_sts)
+    store = MemoryReplayStore()
+    return Collaborators(gitlab_keys=JwksCache(snapshot.settings.jwks), replay=lambda _tokens: store, sts=_no_sts)
 
 
 def _form(token: str, **extra: str) -> Form:
@@ -161,7 +162,8 @@ class _BrokenKeys:
 def test_an_unexpected_error_is_a_server_error(gitlab: FakeGitLab, snapshot: Snapshot,
                                                caplog: pytest.LogCaptureFixture) -> None:
     token = _token(gitlab, **STAGING)
-    via = Collaborators(gitlab_keys=_BrokenKeys(), replay=MemoryReplayStore(), sts=_no_sts)
+    store = MemoryReplayStore()
+    via = Collaborators(gitlab_keys=_BrokenKeys(), replay=lambda _tokens: store, sts=_no_sts)
     outcome = exchange("/v1/token", _form(token), snapshot, via, NOW)
     error = _refusal(outcome, ServerError, "internal_error")
     assert (error.status, error.body()) == (500, {"error": "server_error", "error_description": "internal error"})

@@ -162,6 +162,13 @@ The schema catches wrong types; these are the rules a schema cannot say clearly.
 {{- $errors = append $errors (printf "settings.issuer must not carry a port (AWS IAM OIDC providers reject one): %q" $s.issuer) -}}
 {{- end -}}
 {{- end -}}
+{{- $rs := ($s.tokens | default dict).replayStore -}}
+{{- if and $rs (not .Values.replayStore.secretName) -}}
+{{- $errors = append $errors "settings.tokens.replayStore needs replayStore.secretName: the store's URL (it may hold a password) comes from a Secret, mounted at /etc/gitlab-sts/replay-store" -}}
+{{- end -}}
+{{- if and .Values.replayStore.secretName (not $rs) -}}
+{{- $errors = append $errors (printf "replayStore.secretName is set but settings.tokens.replayStore is not: set settings.tokens.replayProtection=true and settings.tokens.replayStore.urlFile=/etc/gitlab-sts/replay-store/%s" .Values.replayStore.secretKey) -}}
+{{- end -}}
 {{- if not $s.gitlab -}}
 {{- $errors = append $errors "settings.gitlab needs at least one trusted GitLab instance, e.g. --set settings.gitlab[0].issuer=https://gitlab.example.com --set settings.gitlab[0].audiences[0]=https://sts.example.com" -}}
 {{- end -}}

@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
             process.kill()
             return 130
     finally:
-        if scratch is not None:  # the development key set holds a private key: do not leave it in /tmp
+        if scratch is not None:  # development keys, last-good copies, metrics: leave nothing in /tmp
             shutil.rmtree(scratch, ignore_errors=True)
 
 

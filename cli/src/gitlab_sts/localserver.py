@@ -47,23 +47,36 @@ def configured_algorithm(settings: Path) -> str:
 
 
 def service_env(settings: Path, bindings: Path, keys: Path | None, *, host: str, port: int, workers: int,
-                metrics_dir: Path | None = None) -> tuple[dict[str, str], Path | None]:
-    """The environment for gunicorn; generates development keys (of the configured algorithm) when keys is None."""
+                metrics_dir: Path | None = None, state_dir: Path | None = None) -> tuple[dict[str, str], Path | None]:
+    """The environment for gunicorn, and a scratch folder for the caller to remove when the service stops.
+
+    Without keys, development keys (of the configured algorithm) are generated into the scratch folder. Without a
+    state folder (given or $GITLAB_STS_STATE_DIR) or a metrics folder, the service's last-good copies and
+    Prometheus files go there too: a development run leaves nothing behind, least of all a private key.
+    """
     env = dict(os.environ)
+    if state_dir is None and env.get("GITLAB_STS_STATE_DIR"):
+        state_dir = Path(env["GITLAB_STS_STATE_DIR"])
     scratch = None
+    if keys is None or state_dir is None or metrics_dir is None:
+        scratch = Path(tempfile.mkdtemp(prefix="gitlab-sts-dev-"))
     if keys is None:
-        scratch = Path(tempfile.mkdtemp(prefix="gitlab-sts-devkeys-"))
-        keys = write_development_keys(scratch, configured_algorithm(settings))
+        assert scratch is not None
+        keys = write_development_keys(scratch / "keys", configured_algorithm(settings))
         env["GITLAB_STS_DEVELOPMENT_KEYS"] = "1"
+    if state_dir is None:
+        assert scratch is not None
+        state_dir = scratch / "state"
+    if metrics_dir is None:
+        assert scratch is not None
+        metrics_dir = scratch / "metrics"
+        metrics_dir.mkdir()
     env.update({
         "GITLAB_STS_SETTINGS": str(settings.resolve()), "GITLAB_STS_BINDINGS_DIR": str(bindings.resolve()),
         "GITLAB_STS_KEYS_DIR": str(keys.resolve()), "GITLAB_STS_BIND": f"{host}:{port}",
-        "GITLAB_STS_WORKERS": str(workers),
+        "GITLAB_STS_WORKERS": str(workers), "GITLAB_STS_STATE_DIR": str(state_dir.resolve()),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir.resolve()),
     })
-    if metrics_dir is not None:
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    else:
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env, scratch
 
 

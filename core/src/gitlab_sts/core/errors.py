@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,13 @@ class PayloadTooLarge(InvalidRequest, status=413, reason="too_large"):
         super().__init__(f"the request body is larger than {limit} bytes")
 
 
+class RequestTimeout(InvalidRequest, status=408, reason="body_timeout"):
+    """The client did not send its whole request body in time (the server's read deadline)."""
+
+    def __init__(self) -> None:
+        super().__init__("the request body did not arrive in time; send it in one go")
+
+
 class MethodNotAllowed(InvalidRequest, status=405, reason="http_405"):
     """The path exists but not for this method; the answer names the allowed ones (RFC 9110 Allow)."""
 
@@ -87,7 +95,16 @@ class InvalidTarget(ExchangeError, error="invalid_target", status=403, reason="n
 
 
 class TemporarilyUnavailable(ExchangeError, error="temporarily_unavailable", status=503, reason="unavailable"):
-    """A dependency (GitLab keys, signing key) is not usable right now."""
+    """A dependency (GitLab keys, signing key, replay store) is not usable right now; retry after a while."""
+
+    def __init__(self, description: str, *, reason: str | None = None, retry_after: float = 1,
+                 **details: Any) -> None:
+        super().__init__(description, reason=reason, **details)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After in whole seconds (clients such as `curl --retry` and `gitlab-sts login` honour it)."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServerError(ExchangeError, error="server_error", status=500, reason="internal_error"):

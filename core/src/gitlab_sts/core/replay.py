@@ -1,8 +1,9 @@
 """Single use of GitLab tokens: remember (issuer, jti) until the token expires.
 
 The default store lives in one process's memory, so with several gunicorn workers or replicas a token
-can still be used once per process. A deployment that needs single use across replicas plugs in a
-shared store (Redis `SET key 1 NX EXAT exp` is the usual choice) implementing ReplayStore.
+can still be used once per worker process. tokens.replayStore names a shared Redis/Valkey store
+(service/replaystore.py: `SET key 1 NX EXAT exp`) that makes it once in the whole deployment; when that
+store cannot answer, the exchange fails closed (503).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class ReplayStore(Protocol):
 
 class StoreFull(Exception):
     """The store cannot remember another token (refuse rather than forget one)."""
+
+
+class StoreUnavailable(Exception):
+    """The shared store cannot answer (refuse rather than let a token be used twice)."""
 
 
 class MemoryReplayStore:
@@ -65,6 +70,9 @@ def check_first_use(store: ReplayStore, verified: VerifiedToken, *, now: float, 
     except StoreFull:
         raise TemporarilyUnavailable("too many tokens in flight to check for replay; retry shortly",
                                      reason="replay_store_full") from None
+    except StoreUnavailable:
+        raise TemporarilyUnavailable("the replay store cannot be reached to check single use; retry shortly",
+                                     reason="replay_store_unavailable") from None
     if not first:
         raise InvalidRequest("this GitLab token was already exchanged (tokens.replayProtection); "
                              "request a new ID token", reason="replayed")

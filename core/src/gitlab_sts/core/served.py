@@ -66,8 +66,13 @@ def parse_lease(obj: Mapping[str, Any], prefix: str = "") -> PodReport | None:
 
 
 def live(reports: Iterable[PodReport], now: datetime) -> list[PodReport]:
-    """The reports of pods that renewed their Lease in time (a pod that is gone stops counting)."""
-    return sorted((r for r in reports if r.expires > now), key=lambda r: r.pod)
+    """The reports of pods that renewed their Lease in time and serve a document.
+
+    A pod that is gone stops counting when its Lease expires; a pod that serves nothing yet (starting, or no
+    bindings loaded at all, so not ready either) does not count until it does, so that a pod starting during a
+    rollout does not flip every binding's condition twice.
+    """
+    return sorted((r for r in reports if r.expires > now and r.digests), key=lambda r: r.pod)
 
 
 class DocumentHistory:
@@ -102,8 +107,7 @@ def served_condition(key: str, generation: int, ready: bool, pods: list[PodRepor
     elif not pods:
         status, reason, message = "False", REASON_NO_PODS, "no exchange pod reports what it serves (no live Lease)"
     else:
-        waiting = [p.pod for p in pods if not p.digests
-                   or any(history.generation(d, key) != generation for d in p.digests)]
+        waiting = [p.pod for p in pods if any(history.generation(d, key) != generation for d in p.digests)]
         if waiting:
             status, reason = "False", REASON_PROPAGATING
             shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")

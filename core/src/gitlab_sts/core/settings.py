@@ -109,6 +109,14 @@ class GitLabInstance(_Model):
         return self.issuer + "/.well-known/openid-configuration"
 
 
+class ReplayStoreSettings(_Model):
+    """A Redis/Valkey server that makes tokens.replayProtection hold across every replica and worker."""
+
+    # A file holding the redis:// or rediss:// URL (a mounted Secret: the URL may carry a password).
+    url_file: str
+    timeout_seconds: float = Field(0.5, gt=0, le=10)
+
+
 class TokenSettings(_Model):
     """Defaults and caps for minted tokens and limits for incoming ones."""
 
@@ -122,13 +130,17 @@ class TokenSettings(_Model):
     max_token_bytes: int = Field(16384, ge=1024, le=65536)
     # Refuse GitLab tokens issued longer ago than this (None: only exp limits them).
     max_source_age_seconds: int | None = Field(None, ge=1, le=86400)
-    # Accept each GitLab token (iss + jti) once per service process; see core.replay.
+    # Accept each GitLab token (iss + jti) once: per worker process in memory, or once in the whole deployment
+    # with replay_store (service/replaystore.py); see core.replay.
     replay_protection: bool = False
+    replay_store: ReplayStoreSettings | None = None
 
     @model_validator(mode="after")
     def _caps(self) -> TokenSettings:
         if self.lifetime > self.max_lifetime:
             raise ValueError("tokens.lifetime must not exceed tokens.maxLifetime")
+        if self.replay_store is not None and not self.replay_protection:
+            raise ValueError("tokens.replayStore needs tokens.replayProtection: true")
         return self
 
 
@@ -147,7 +159,8 @@ class JwksSettings(_Model):
     min_cache_seconds: int = Field(60, ge=0)
     max_cache_seconds: int = Field(86400, ge=1)
     max_stale_seconds: int = Field(21600, ge=0)
-    refetch_interval_seconds: float = Field(10.0, ge=0)
+    # An unknown kid waits for the next fetch up to this long (service.jwks.JwksCache.refresh).
+    refetch_interval_seconds: float = Field(1.0, ge=0, le=60)
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
 

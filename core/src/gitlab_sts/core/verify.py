@@ -27,7 +27,7 @@ class KeySource(Protocol):
         """Return the cached key set, fetching when needed; raise TemporarilyUnavailable."""
 
     def refresh(self, instance: GitLabInstance) -> KeySet | None:
-        """Refetch after an unknown kid, if the rate limit allows; None when it does not."""
+        """Keys fetched after this call (an unknown kid); None for a pinned set; raise TemporarilyUnavailable."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class BindingMemo:
         self._ready = 0  # kept up to date on every change: counting 10,000 entries per event would cost more
         self.rendered = 0  # ready bindings in the last rendered payload (what a write of it holds)
         self.rendered_generations: dict[str, int] = {}
+        self._stale: set[Key] = set()  # evaluated under settings that have changed since
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,11 +52,18 @@ class BindingMemo:
         return old
 
     def evaluate(self, namespace: str, name: str, spec: Any, generation: int) -> Evaluation:
-        """Evaluate, reusing the memoised result when generation and spec are unchanged."""
+        """Evaluate, reusing the memoised result when generation, spec and settings are unchanged."""
         old = self._entries.get((namespace, name))
-        if old is not None and old.generation == generation and old.spec_digest == spec_digest(spec):
+        if old is not None and old.generation == generation and old.spec_digest == spec_digest(spec) \
+                and (namespace, name) not in self._stale:
             return old
+        self._stale.discard((namespace, name))
         return evaluate(namespace, name, spec, generation, self.ctx)
+
+    def rebase(self, ctx: Context) -> None:
+        """New settings: every binding is evaluated afresh (its next evaluate() ignores the memoised result)."""
+        self.ctx = ctx
+        self._stale = set(self._entries)
 
     def upsert(self, ev: Evaluation) -> bool:
         """Store an evaluation; True when the config document changes."""

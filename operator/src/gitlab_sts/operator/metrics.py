@@ -79,6 +79,9 @@ STATUS_QUEUE = Gauge(_P + "status_queue",
                      registry=REGISTRY)
 WATCH_RESTARTS = Counter(_P + "watch_restarts_total", "Binding watch streams ended, by why", ["reason"],
                          registry=REGISTRY)
+SETTINGS_RELOADS = Counter(_P + "settings_reloads_total",
+                           "settings.yaml changes picked up without a restart, by result (applied, error)", ["result"],
+                           registry=REGISTRY)
 LISTINGS = Counter(_P + "listings_total", "Full listings of the bindings, by why", ["reason"], registry=REGISTRY)
 SKIPPED = Counter(_P + "binding_events_skipped_total",
                   "Binding events skipped cheaply (resourceVersion handled already, or overtaken by a watch event)",

@@ -99,6 +99,9 @@ class Reconciler:
         self.served: ServedTracker | None = None
         self._objects: dict[Key, Mapping[str, Any]] = {}
         self._recheck: asyncio.Handle | None = None
+        # Bindings edited (fresh events) whose Served condition is not True yet: their re-checked status goes to
+        # the front of the queue, everyone else's (a pod started or went away) behind it.
+        self._recent: set[Key] = set()
 
     def track_served(self, tracker: ServedTracker) -> None:
         """Add the Served condition (from the exchange pods' Leases) to every binding's status."""
@@ -129,9 +132,13 @@ class Reconciler:
             ev = self.memo.get(key)
             if ev is None:
                 continue
-            if status_patch(obj.get("status"), self.desired(ev, obj.get("status"))) is not None:
-                self.queue.put(key, obj, fresh=True)
+            desired = self.desired(ev, obj.get("status"))
+            if status_patch(obj.get("status"), desired) is not None:
+                self.queue.put(key, obj, fresh=key in self._recent)
                 queued += 1
+            served = condition_of(desired, SERVED)
+            if served is not None and served.get("status") == "True":
+                self._recent.discard(key)
         return queued
 
     # -- one object ------------------------------------------------------------------------------------
@@ -170,10 +177,16 @@ class Reconciler:
                 # Out of the config at once, even while other finalizers still hold the object.
                 self._forget(key)
                 return None
+            before = self.memo.get(key)
             ev = self._apply(key, obj, int(meta.get("generation") or 0))
+            edited = before is None or before.generation != ev.generation
+            if fresh and self.served is not None and edited:
+                self._recent.add(key)  # an edit: its Served condition goes first once the pods serve it
             self._versions[key] = version
             if status_patch(obj.get("status"), self.desired(ev, obj.get("status"))) is not None:
-                self.queue.put(key, stored, fresh=fresh)
+                # With Served tracked, the echo of our own patch can differ again (the pods moved on meanwhile):
+                # such a status-only difference waits behind the edits, which stay first.
+                self.queue.put(key, stored, fresh=fresh and (self.served is None or edited or key in self._recent))
             return ev
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -187,6 +200,7 @@ class Reconciler:
 
     def _forget(self, key: Key) -> None:
         self._objects.pop(key, None)
+        self._recent.discard(key)
         if self.memo.remove(key):
             self.writer.poke()
         self._versions.pop(key, None)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import RotationPolicy, generate_key
-from gitlab_sts.core.settings import Settings
+from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.core.timefmt import rfc3339
 from gitlab_sts.operator import metrics
 from gitlab_sts.operator.config import OperatorConfig
@@ -28,6 +31,16 @@ from gitlab_sts.operator.served import ServedTracker
 from gitlab_sts.operator.watcher import BindingWatcher
 
 log = logging.getLogger("gitlab_sts.operator")
+SETTINGS_CHECK_SECONDS = 1.0
+
+
+def _fingerprint(path: Path) -> tuple[object, ...]:
+    """What changes when the file (or the symlink a ConfigMap volume swaps) changes."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ("missing",)
+    return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 KEY_RETRY = Backoff(first=1.0, cap=30.0)
 
 
@@ -52,6 +65,7 @@ class Runtime:
     key_status: KeyStatus | None = None  # keys.json of the status ConfigMap
     watcher: BindingWatcher | None = None  # our own list+watch of the bindings (start(loops=True))
     served: ServedTracker | None = None  # the exchange pods' Leases (the Served condition), when configured
+    _pinned_task: asyncio.Task[None] | None = None  # replaced when new settings change the pinned sources
 
     async def check_keys(self) -> Outcome:
         """One key set pass with metrics and, for a corrupted Secret, a Warning event (once per problem)."""
@@ -136,8 +150,62 @@ class Runtime:
             except TRANSIENT as exc:
                 log.warning("mend of binding statuses failed (next in %.0fs): %s", self.cfg.resync_seconds, exc)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+    async def apply_settings(self, settings: Settings) -> None:
+        """Use new settings without a restart: everything built from them is rebuilt, every binding re-evaluated.
+
+        The trusted issuers and the guard decide Ready (and so the config document), the issuer goes into every
+        trust policy, the key policy and S3 publishing come from settings, and so do the pinned key set sources.
+        """
+        self.settings = settings
+        self.memo.rebase(Context.from_settings(settings))
+        self.policy = policy_for(settings)
+        self.publisher = publisher_for(settings, self.policy, self.client, self.cfg.namespace,
+                                       self.cfg.status_configmap)
+        pinned = refresher_for(settings, self.client, self.cfg.namespace, self.cfg.pinned_jwks_configmap,
+                               self.cfg.status_configmap)
+        if self._pinned_task is not None:
+            self._pinned_task.cancel()
+            self._pinned_task = None
+        self.pinned = pinned
+        if self.pinned is not None and self.tasks:
+            self._pinned_task = self._spawn(self._pinned_loop(), "pinned-jwks")
+        # A full listing with every status compared: bindings now refused leave the document (one write).
+        count = await self.reconciler.resync()
+        log.info("settings changed: re-evaluated %d bindings", count)
+        if self.tasks:
+            with contextlib.suppress(*TRANSIENT):
+                await self.check_keys()  # a new key policy (e.g. tokens.algorithm) acts now, not in 5 minutes
+
+    async def _settings_loop(self) -> None:
+        # The mounted settings.yaml (a ConfigMap volume: the kubelet swaps a symlink) is checked every second.
+        path = self.cfg.settings_file
+        seen = _fingerprint(path)
+        while True:
+            await asyncio.sleep(SETTINGS_CHECK_SECONDS)
+            now = _fingerprint(path)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                settings = parse_settings(path.read_text(), str(path))
+            except (OSError, ConfigError, ValueError) as exc:
+                metrics.SETTINGS_RELOADS.labels(result="error").inc()
+                log.error("settings.yaml changed but cannot be used; keeping the previous settings: %s", exc)
+                continue
+            if settings == self.settings:
+                continue
+            try:
+                await self.apply_settings(settings)
+                metrics.SETTINGS_RELOADS.labels(result="applied").inc()
+            except TRANSIENT as exc:
+                seen = ()  # the listing failed: try again at the next check
+                metrics.SETTINGS_RELOADS.labels(result="error").inc()
+                log.warning("applying new settings failed, retrying: %s", exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.append(task)
+        return task
 
     async def start(self, *, loops: bool = True) -> None:
         """Start watching bindings, the status workers, the writer and the loops (loops=False: one listing, writer)."""
@@ -154,8 +222,9 @@ class Runtime:
         self._spawn(self._mend_loop(), "mend")
         if self.served is not None:
             self._spawn(self.served.run(), "served-leases")
+        self._spawn(self._settings_loop(), "settings")
         if self.pinned is not None:
-            self._spawn(self._pinned_loop(), "pinned-jwks")
+            self._pinned_task = self._spawn(self._pinned_loop(), "pinned-jwks")
 
     def healthy(self) -> dict[str, Any]:
         """Liveness detail; raises when a background loop died."""

@@ -33,13 +33,16 @@ def create_app(paths: ConfigPaths | None = None, *, clock: Callable[[], float] =
     if follow is not None:
         # Follow the config objects through the API into a local folder the workers load from; the mounted
         # volumes seed it and stay the fallback (service/follow.py).
-        local = LocalCopy(LastGood.for_paths(paths).directory / "api")
+        state = LastGood.for_paths(paths)
+        if not state.keeps_secrets:  # the preflight refuses this first; a worker must not copy keys to /tmp
+            raise RuntimeError("GITLAB_STS_FOLLOW_API needs GITLAB_STS_STATE_DIR for its copy of the keys Secret")
+        local = LocalCopy(state.directory / "api")
         local.seed(paths, marker=str(os.getppid()))
         FollowerHost(follow, local, paths).start()
         paths = local.paths(paths)
     svc = Service(paths, clock=clock, local=local)
     if watch:
-        svc.state.start_watcher()
+        svc.state.start_watcher(tick=svc.update_gauges)
     app.extensions[EXTENSION] = svc
     for module in (exchange, wellknown, health, client, errors):
         app.register_blueprint(module.blueprint)

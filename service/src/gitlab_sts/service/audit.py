@@ -46,9 +46,10 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger("gitlab_sts")
     if any(getattr(h, "_gitlab_sts", False) for h in root.handlers):
         return
-    # Every LogRecord otherwise looks up the thread, process and multiprocessing names; the JSON lines
-    # carry none of them, and one audit record per exchange makes that a measurable share of a request.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # Every LogRecord otherwise looks up the thread and multiprocessing names; the JSON lines carry neither, and
+    # one audit record per exchange makes that a measurable share of a request. Process ids stay on: gunicorn's
+    # own log format prints them (%(process)d), and without them every worker exit logged a traceback.
+    logging.logThreads = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler._gitlab_sts = True  # type: ignore[attr-defined]

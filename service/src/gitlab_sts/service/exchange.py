@@ -27,7 +27,7 @@ from gitlab_sts.core.exchange import (
 from gitlab_sts.core.keys import KeyRing
 from gitlab_sts.core.mint import MintedToken, mint
 from gitlab_sts.core.replay import ReplayStore, check_first_use
-from gitlab_sts.core.settings import Settings, StsSettings
+from gitlab_sts.core.settings import Settings, StsSettings, TokenSettings
 from gitlab_sts.core.trustpolicy import trust_policy
 from gitlab_sts.core.verify import KeySource, verify_gitlab_token
 from gitlab_sts.service import metrics
@@ -47,7 +47,7 @@ class Collaborators:
     """What an exchange talks to besides its config: GitLab's keys, the replay memory, AWS STS."""
 
     gitlab_keys: KeySource
-    replay: ReplayStore
+    replay: Callable[[TokenSettings], ReplayStore]
     sts: Callable[[StsSettings], StsClient]
 
 
@@ -135,7 +135,7 @@ def exchange(endpoint: Endpoint, form: Form, snapshot: Snapshot, via: Collaborat
                                          reason="no_signing_key")
         if ready.settings.tokens.replay_protection:
             # Last check before signing, so a refused request (wrong resource, no key) does not use the token up.
-            check_first_use(via.replay, verified, now=now, leeway=ready.settings.tokens.leeway)
+            check_first_use(via.replay(ready.settings.tokens), verified, now=now, leeway=ready.settings.tokens.leeway)
         minted = mint(decision.grant, issuer=ready.settings.issuer, source_exp=int(claims["exp"]), key=key, now=at,
                       outlive_source=decision.binding.spec.aws.outlive_source_token)
         result: Answer = Issued(claims, decision, minted)

@@ -301,8 +301,7 @@ class Follower:
             self._seen[name].append(digest)
             self._synced[name] = True
             if self._current[name].get("sha256") == digest and self._current[name].get("source") == "api":
-                self._current[name]["resourceVersion"] = resource_version
-                return
+                return  # the same content again (a re-list, a metadata-only change): the version first seen stays
             # Sources first: a worker that loads the new files then reads where they came from.
             self._current[name] = {"source": "api", "sha256": digest, "resourceVersion": resource_version}
             self._save_sources()
@@ -380,7 +379,8 @@ class Follower:
                 rv = str((listed.get("metadata") or {}).get("resourceVersion") or "")
                 item = next((i for i in listed.get("items") or () if (i.get("metadata") or {}).get("name") == obj_name),
                             None)
-                self.api_copy(name, files_of(item, plural) if item else None, rv)
+                item_rv = str(((item or {}).get("metadata") or {}).get("resourceVersion") or rv)
+                self.api_copy(name, files_of(item, plural) if item else None, item_rv)
                 delay = 0.2
                 while not self._stop.is_set():
                     query = {**selector, "resourceVersion": rv, "allowWatchBookmarks": "true",

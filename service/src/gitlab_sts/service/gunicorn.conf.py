@@ -17,10 +17,14 @@ else:
 wsgi_app = "gitlab_sts.service.app:create_app()"
 bind = [os.environ.get("GITLAB_STS_BIND", "0.0.0.0:8080")]
 workers = int(os.environ.get("GITLAB_STS_WORKERS", "2"))
-worker_class = "gthread"
-# Signing is CPU-bound under the GIL: two threads per worker measured best (bench/README.md); one would let a
-# slow AWS STS call (/v1/credentials) block the whole worker.
-threads = int(os.environ.get("GITLAB_STS_THREADS", "2"))
+# gevent: an idle or slow connection holds a greenlet, not one of a few threads, so no CI job can starve the
+# others (issue #12; bench/README.md). The worker adds read deadlines (service/worker.py). gunicorn's gevent
+# worker monkey-patches the standard library in each worker before the app is imported. GITLAB_STS_WORKER_CLASS
+# exists for the bench's comparison with gthread.
+worker_class = os.environ.get("GITLAB_STS_WORKER_CLASS", "gitlab_sts.service.worker.DeadlineGeventWorker")
+# Connections one worker holds at once (idle and slow ones included); past it the kernel backlog queues them.
+worker_connections = int(os.environ.get("GITLAB_STS_WORKER_CONNECTIONS", "10000"))
+threads = int(os.environ.get("GITLAB_STS_THREADS", "2"))  # gthread only (the bench's comparison)
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -36,6 +40,26 @@ keyfile = os.environ.get("GITLAB_STS_TLS_KEY") or None
 # instance would otherwise share $HOME/.gunicorn/gunicorn.ctl.
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("GITLAB_STS_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def _raise_fd_limit(server):  # type: ignore[no-untyped-def]
+    """Raise the open-file limit to its hard limit: each held connection is a file descriptor."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            server.log.warning("cannot raise the open-file limit from %s", soft)
+
+
+def ssl_context(config, default_ssl_context_factory):  # type: ignore[no-untyped-def]
+    """Serve a renewed certificate (its Secret files replaced) to new connections without a restart."""
+    from gitlab_sts.service.worker import ssl_context as reloading
+
+    return reloading(config, default_ssl_context_factory)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
@@ -56,4 +80,5 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     """Refuse to start (exit 3, each problem printed) when settings, bindings or keys do not load (issue #15)."""
     from gitlab_sts.service.preflight import refuse_start_on_broken_config
 
+    _raise_fd_limit(server)
     refuse_start_on_broken_config()

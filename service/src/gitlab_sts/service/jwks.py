@@ -37,7 +37,8 @@ class _Entry:
     last_attempt: float = float("-inf")
     last_error: str | None = None
     pinned: dict[str, Any] | None = None  # the pinned document `keys` was imported from
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Looked up when an entry is made, not at import: under gevent it must be the patched (greenlet) lock.
+    lock: threading.Lock = field(default_factory=lambda: threading.Lock())
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -58,9 +59,11 @@ def _max_age(cache_control: str | None) -> int | None:
 class JwksCache:
     """Implements core.verify.KeySource over HTTP with per-issuer caching."""
 
-    def __init__(self, settings: JwksSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: JwksSettings, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] | None = None) -> None:
         self.settings = settings
         self._clock = clock
+        self._sleep = sleep
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
@@ -96,23 +99,40 @@ class JwksCache:
                 now = self._clock()
             if entry.keys is not None and now - entry.fresh_until <= self.settings.max_stale_seconds:
                 return entry.keys  # fresh, or stale within bounds while GitLab is unreachable
-        raise TemporarilyUnavailable(
-            "the GitLab instance's signing keys cannot be fetched right now; try again shortly",
-            reason="jwks_unavailable",
-        )
+        raise _unavailable(self.settings.refetch_interval_seconds)
 
     def refresh(self, instance: GitLabInstance) -> KeySet | None:
-        """Refetch after an unknown kid, at most once per refetch interval per issuer."""
+        """The keys of a fetch that started after this call (an unknown kid): coalesced and rate-limited.
+
+        One fetch per issuer is in flight at a time; concurrent callers wait for it on the entry's lock. A fetch
+        that started before this call may predate a key GitLab publishes now (a rotation), so it does not
+        answer this call: the caller waits until the refetch interval since that fetch has passed and fetches
+        again. A flood of forged kids therefore makes at most one fetch per interval per process and delays a
+        genuine new-key token by at most about one interval, never refuses it. While GitLab is failing, the
+        answer is TemporarilyUnavailable (503, Retry-After): the key may well exist.
+        """
         if instance.jwks is not None:
             return None
         entry = self._entry(instance)
+        since = self._clock()
+        interval = self.settings.refetch_interval_seconds
         with entry.lock:
-            if self._clock() - entry.last_attempt < self.settings.refetch_interval_seconds:
-                # Rate-limited, but another request may have refetched while this one waited for the lock
-                # (a GitLab key rotation seen by many requests at once): let the caller look again.
-                return entry.keys
+            if entry.last_attempt >= since:
+                return self._fetched(entry, interval)  # a fetch started after this call: as current as it gets
+            if entry.last_error is not None and since - entry.last_attempt < interval:
+                raise _unavailable(entry.last_attempt + interval - since)  # failed just now: not before the interval
+            wait = entry.last_attempt + interval - self._clock()
+            if wait > 0:
+                # time.sleep looked up now: under gevent a greenlet sleep, so other requests go on meanwhile.
+                (self._sleep or time.sleep)(wait)
             self._fetch(instance, entry)
-            return entry.keys
+            return self._fetched(entry, interval)
+
+    @staticmethod
+    def _fetched(entry: _Entry, interval: float) -> KeySet | None:
+        if entry.last_error is not None:
+            raise _unavailable(interval)
+        return entry.keys
 
     def _entry(self, instance: GitLabInstance) -> _Entry:
         entry = self._entries.get(instance.issuer)
@@ -192,6 +212,13 @@ class JwksCache:
         if not isinstance(doc, dict):
             raise FetchError(f"{url} did not answer a JSON object")
         return doc, cache_control
+
+
+def _unavailable(retry_after: float) -> TemporarilyUnavailable:
+    return TemporarilyUnavailable(
+        "the GitLab instance's signing keys cannot be fetched right now; try again shortly",
+        reason="jwks_unavailable", retry_after=retry_after,
+    )
 
 
 def _import_keys(document: dict[str, Any]) -> KeySet:

@@ -34,17 +34,41 @@ CONFIG_OK = Gauge(
     ["file"], multiprocess_mode="livemin",
 )
 BINDINGS = Gauge("gitlab_sts_bindings", "Bindings loaded.", multiprocess_mode="livemax")
-KEY_AGE = Gauge(
-    "gitlab_sts_signing_key_age_seconds", "Seconds since the current signing key became active.",
-    multiprocess_mode="livemax",
+
+
+class LazyGauge:
+    """A label-less Gauge created at its first set().
+
+    In multiprocess mode a Gauge writes 0 to this process's file when it is created (at import). A worker
+    still loading its config would then report 0 seconds remaining, and `livemin` across workers would pick it:
+    a "key about to retire" alert at every pod start. Created at the first set, a worker reports nothing until
+    it knows the value.
+    """
+
+    def __init__(self, name: str, documentation: str, multiprocess_mode: str) -> None:
+        self._args = (name, documentation)
+        self._mode = multiprocess_mode
+        self._gauge: Gauge | None = None
+
+    def set(self, value: float) -> None:
+        """Set the value (creating the gauge the first time)."""
+        if self._gauge is None:
+            self._gauge = Gauge(*self._args, multiprocess_mode=self._mode)  # type: ignore[arg-type]
+        self._gauge.set(value)
+
+
+KEY_AGE = LazyGauge(
+    "gitlab_sts_signing_key_age_seconds", "Seconds since the current signing key became active.", "livemax",
 )
-KEY_REMAINING = Gauge(
-    "gitlab_sts_signing_key_remaining_seconds", "Seconds until the current signing key retires.",
-    multiprocess_mode="livemin",
+KEY_REMAINING = LazyGauge(
+    "gitlab_sts_signing_key_remaining_seconds", "Seconds until the current signing key retires.", "livemin",
 )
 PINNED_JWKS_AGE = Gauge(
     "gitlab_sts_pinned_jwks_age_seconds", "Seconds since a pinned GitLab key set was copied (settings pinnedAt).",
     ["issuer"], multiprocess_mode="livemax",
+)
+REPLAY_STORE_ERRORS = Counter(
+    "gitlab_sts_replay_store_errors", "Checks of single use that failed closed because the shared store failed.",
 )
 SERVED = Gauge(
     "gitlab_sts_served_info",

@@ -96,8 +96,15 @@ def refuse_start_on_broken_config(paths: ConfigPaths | None = None, out: TextIO 
     if wait is None:
         wait = float(os.environ.get("GITLAB_STS_START_WAIT_SECONDS") or 0)
     deadline = clock() + wait
+    following = FollowConfig.from_env() is not None
+    if following and not os.environ.get("GITLAB_STS_STATE_DIR"):
+        # The follower keeps a copy of the keys Secret; private keys go only into a configured state folder.
+        print("gitlab-sts: refusing to start: GITLAB_STS_FOLLOW_API needs GITLAB_STS_STATE_DIR, the private folder "
+              "that holds the copy of the signing keys it follows (the chart sets both)", file=stream)
+        stream.flush()
+        raise SystemExit(EXIT_CONFIG)
     problems = load_problems(paths)
-    if FollowConfig.from_env() is not None and problems and all(p.absent for p in problems):
+    if following and problems and all(p.absent for p in problems):
         # The pod follows its config objects through the API (service/follow.py): what the volumes lack yet
         # arrives from there within a second of the operator writing it. Start, not ready until then.
         for problem in problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -9,7 +10,6 @@ from typing import Any
 
 from gitlab_sts.core.keys import algorithm_switch
 from gitlab_sts.core.pinnedjwks import pinned_ages
-from gitlab_sts.core.replay import MemoryReplayStore, ReplayStore
 from gitlab_sts.core.settings import JwksSettings, Settings, StsSettings
 from gitlab_sts.service import metrics
 from gitlab_sts.service.client import job_client
@@ -17,6 +17,7 @@ from gitlab_sts.service.exchange import Collaborators
 from gitlab_sts.service.follow import LocalCopy
 from gitlab_sts.service.jwks import JwksCache
 from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.replaystore import ReplayStores
 from gitlab_sts.service.state import ConfigState, Snapshot
 from gitlab_sts.service.stsclient import StsClient
 
@@ -37,9 +38,12 @@ class Service:
         self.jwks = JwksCache(snapshot.settings.jwks if snapshot.settings else JwksSettings())
         self.development_keys = paths.development_keys
         self._sts: tuple[StsSettings, StsClient] | None = None
-        # Used when settings turn on tokens.replayProtection (per process; see core.replay).
-        self.replay: ReplayStore = MemoryReplayStore()
+        # Used when settings turn on tokens.replayProtection: memory per process, or tokens.replayStore.
+        self.replay = ReplayStores()
         self.collaborators = Collaborators(gitlab_keys=self.jwks, replay=self.replay, sts=self.sts)
+        # Each worker sets the time-driven gauges when it loads, and the watcher keeps them current: a gauge left
+        # at 0 by a worker that has not served /metrics yet would win the min across workers (a false alert).
+        self.update_gauges()
 
     def _served(self, snap: Snapshot) -> None:
         """Report the bindings document this worker now serves: the metric, and the file the Lease is made of."""
@@ -98,6 +102,8 @@ class Service:
             problems.append("no signing key is active")
         detail: dict[str, Any] = {
             "ready": not problems, "problems": problems,
+            # Workers load the same files but each keeps its own GitLab key cache (`gitlab`): name the worker.
+            "worker": {"pid": os.getpid()},
             "errors": snap.errors,  # a file that failed to load (the last good one is still used)
             "bindings": len(snap.index) if snap.index else 0,
             "bindings_sha256": snap.bindings_digest,

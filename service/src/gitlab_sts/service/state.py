@@ -98,12 +98,19 @@ class ConfigState:
         """The snapshot to use now (swapped atomically by reloads, never half-updated)."""
         return self.snapshot
 
-    def start_watcher(self, interval: float = CHECK_INTERVAL) -> threading.Thread:
-        """Poll the files in a daemon thread so that no request ever pays for a reload."""
+    def start_watcher(self, interval: float = CHECK_INTERVAL,
+                      tick: Callable[[], None] | None = None) -> threading.Thread:
+        """Poll the files in a daemon thread (a greenlet under gevent) so that no request ever pays for a reload.
+
+        tick runs after each poll: the service refreshes its time-driven gauges there, so that every worker's
+        values are current whichever worker Prometheus scrapes.
+        """
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
                     self.reload(force=False)
+                    if tick is not None:
+                        tick()
                 except Exception:  # never let the watcher die; the next poll tries again
                     log.exception("config watcher failed", extra={"event": "config_reload"})
         thread = threading.Thread(target=loop, name="gitlab-sts-config-watcher", daemon=True)
@@ -252,7 +259,7 @@ class ConfigState:
     def _load_keys(self) -> None:
         raw = (self.paths.keys / KEYSET_FILE).read_bytes()
         self._keys = parse_keyring(raw.decode(errors="replace"), source=KEYSET_FILE)
-        self._last_good.save(KEYSET_FILE, raw)
+        self._last_good.save(KEYSET_FILE, raw, secret=True)
 
     def _fallback_keys(self) -> bool:
         raw = self._last_good.load(KEYSET_FILE)
@@ -315,22 +322,29 @@ class ConfigState:
 
 
 class LastGood:
-    """Copies of the last files that loaded, shared by the workers of one service (private, 0600)."""
+    """Copies of the last files that loaded, shared by the workers of one service (private, 0600).
 
-    def __init__(self, directory: Path) -> None:
+    The signing key set is a secret: it is copied only into a configured state directory
+    ($GITLAB_STS_STATE_DIR, an emptyDir in the chart), never into a folder the service picked in the temp dir.
+    """
+
+    def __init__(self, directory: Path, *, keeps_secrets: bool = True) -> None:
         self.directory = directory
+        self.keeps_secrets = keeps_secrets
 
     @classmethod
     def for_paths(cls, paths: ConfigPaths) -> LastGood:
-        """$GITLAB_STS_STATE_DIR, else a folder in the temp dir keyed by the config paths."""
+        """$GITLAB_STS_STATE_DIR, else a folder in the temp dir keyed by the config paths (no secrets there)."""
         configured = os.environ.get("GITLAB_STS_STATE_DIR")
         if configured:
             return cls(Path(configured))
         key = hashlib.sha256(f"{paths.settings}|{paths.bindings}|{paths.keys}".encode()).hexdigest()[:16]
-        return cls(Path(tempfile.gettempdir()) / f"gitlab-sts-last-good-{os.getuid()}-{key}")
+        return cls(Path(tempfile.gettempdir()) / f"gitlab-sts-last-good-{os.getuid()}-{key}", keeps_secrets=False)
 
-    def save(self, name: str, data: bytes) -> None:
-        """Write atomically; a failure to save is logged, never fatal."""
+    def save(self, name: str, data: bytes, *, secret: bool = False) -> None:
+        """Write atomically; a failure to save is logged, never fatal. A secret goes only to a configured folder."""
+        if secret and not self.keeps_secrets:
+            return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.")

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from gitlab_sts.core.errors import ExchangeError, InvalidRequest, PayloadTooLarge
+from gitlab_sts.core.errors import ExchangeError, InvalidRequest, PayloadTooLarge, RequestTimeout
 from gitlab_sts.core.exchange import parse_urlencoded
 from gitlab_sts.service import metrics
 from gitlab_sts.service.exchange import ENDPOINTS, Endpoint, Form, exchange, record, refused
@@ -66,6 +66,12 @@ def read_form() -> Form:
         body = request.get_data()
     except RequestEntityTooLarge:
         raise PayloadTooLarge(MAX_BODY) from None
+    except ClientDisconnected as exc:
+        # werkzeug reports any failed read as a disconnect; the worker's body deadline (service/worker.py) is
+        # a TimeoutError underneath. The worker closes the connection after the answer.
+        if isinstance(exc.__context__, TimeoutError):
+            raise RequestTimeout from None
+        raise
     if request.content_length is None and len(body) >= MAX_BODY:
         raise PayloadTooLarge(MAX_BODY)
     return parse_urlencoded(body)
