@@ -9,6 +9,7 @@ GitLab-signed token whose claims GitLab could have issued and a binding allows (
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import urllib.parse
@@ -25,7 +26,9 @@ with atheris.instrument_imports(include=["gitlab_sts"]):
     from tests.fuzz.appkit import RFC6749_ERRORS, make_app
     from tests.service.harness import GRANT, JWT_TYPE
 
-APP = make_app(Path(tempfile.mkdtemp(prefix="gitlab-sts-fuzz-")))
+# The app's config (a signing key among it) goes where the caller says: pytest passes its own tmp_path, which
+# it cleans; libFuzzer exits without running Python's atexit, so a folder made here would stay behind.
+APP = make_app(Path(os.environ.get("GITLAB_STS_FUZZ_DIR") or tempfile.mkdtemp(prefix="gitlab-sts-fuzz-")))
 logging.getLogger("gitlab_sts").setLevel(logging.CRITICAL)
 TOKEN_TYPES = [JWT_TYPE, "urn:ietf:params:oauth:token-type:id_token", "", "x"]
 
