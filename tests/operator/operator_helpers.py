@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from gitlab_sts.core.keys import ManagedKey, generate_key
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.operator import metrics
+from gitlab_sts.operator.kube import ApiError
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -71,3 +74,15 @@ class Clock:
 def metric(name: str, **labels: str) -> float | None:
     """A sample of the operator's registry (name without the gitlab_sts_operator_ prefix)."""
     return metrics.REGISTRY.get_sample_value("gitlab_sts_operator_" + name, labels or None)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    """Await check() until it passes (generous by default: the machine may be loaded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except (AssertionError, KeyError, ApiError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from conftest import Fault
-from operator_helpers import es256, manifest, metric, settings, spec
+from operator_helpers import es256, eventually, manifest, metric, settings, spec
 
 from gitlab_sts.operator.config import OperatorConfig
-from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
+from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
 from gitlab_sts.operator.reconcile import PLURAL
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
@@ -25,17 +25,6 @@ API = "gitlab-sts.io/v1alpha1"
 CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
 STATUS = r"/gitlabawsbindings/[^/]+/status$"
 
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    """Poll until check() passes (generous: the machine may be loaded)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await check()
-        except (AssertionError, KeyError, ApiError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 @pytest_asyncio.fixture()

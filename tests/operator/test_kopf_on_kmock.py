@@ -12,25 +12,15 @@ import kmock
 import kopf
 import pytest
 import yaml
-from operator_helpers import SETTINGS_YAML, manifest
+from operator_helpers import SETTINGS_YAML, eventually, manifest
 
 from gitlab_sts.operator import handlers
-from gitlab_sts.operator.kube import ApiError, KubeClient, path_for
+from gitlab_sts.operator.kube import KubeClient, path_for
 from gitlab_sts.operator.reconcile import PLURAL
 
 API = "gitlab-sts.io/v1alpha1"
 CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
 
-
-async def eventually(check: Any, timeout: float = 5.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await check()
-        except (AssertionError, KeyError, ApiError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 @pytest.mark.asyncio

@@ -4,19 +4,19 @@ the binding's current generation (Leases written as service/follow.py writes the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kmock
 import pytest
 import pytest_asyncio
-from operator_helpers import es256, manifest, settings, spec
+from operator_helpers import es256, eventually, manifest, settings, spec
 
 from gitlab_sts.core.served import LEASE_LABELS, SERVED_ANNOTATION
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import stored_digest
-from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
+from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
 from gitlab_sts.operator.reconcile import PLURAL
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
@@ -25,16 +25,6 @@ NS = "gitlab-sts"
 CM = path_for("v1", "configmaps", NS, "gitlab-sts-bindings")
 LEASES = path_for("coordination.k8s.io/v1", "leases", NS)
 
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await check()
-        except (AssertionError, KeyError, ApiError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 @pytest_asyncio.fixture()

@@ -5,32 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from operator_helpers import GUARDED_YAML, SETTINGS_YAML, es256, manifest, metric, settings, spec
+from operator_helpers import GUARDED_YAML, SETTINGS_YAML, es256, eventually, manifest, metric, settings, spec
 
 from gitlab_sts.operator.config import OperatorConfig
-from gitlab_sts.operator.kube import ApiError, Endpoint, KubeClient, path_for
+from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
 from gitlab_sts.operator.reconcile import PLURAL
 from gitlab_sts.operator.runtime import Runtime, build_runtime
 
 API = "gitlab-sts.io/v1alpha1"
 CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
 
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await check()
-        except (AssertionError, KeyError, ApiError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 def write(path: Path, text: str) -> None:

@@ -5,10 +5,12 @@ Regenerate with `python -m gitlab_sts.operator.rbac > charts/gitlab-sts/files/op
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import yaml
+
+from gitlab_sts.core.rbac import PolicyRule
 
 # Placeholders the chart replaces with the configured object names.
 BINDINGS_CONFIGMAP = "${bindingsConfigMap}"
@@ -18,47 +20,34 @@ PINNED_JWKS_CONFIGMAP = "${pinnedJwksConfigMap}"
 
 
 @dataclass(frozen=True)
-class Rule:
-    """Verbs on resources; scope says where they apply."""
+class Rule(PolicyRule):
+    """A policy rule and where it applies."""
 
     # "watched": every watched namespace (a ClusterRole, bound cluster-wide or per namespace);
     # "own": the release namespace that holds the ConfigMap and Secret (a Role).
-    scope: Literal["watched", "own"]
-    api_group: str
-    resources: tuple[str, ...]
-    verbs: tuple[str, ...]
-    resource_names: tuple[str, ...] = ()
-    why: str = ""
-
-    def as_k8s(self) -> dict[str, Any]:
-        """The PolicyRule form."""
-        out: dict[str, Any] = {"apiGroups": [self.api_group], "resources": list(self.resources),
-                               "verbs": list(self.verbs)}
-        if self.resource_names:
-            out["resourceNames"] = list(self.resource_names)
-        return out
+    scope: Literal["watched", "own"] = field(default="own", kw_only=True)
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("watched", "gitlab-sts.io", ("gitlabawsbindings",), ("get", "list", "watch"),
-         why="read bindings: the operator's own listing and watch (resourceVersion-based)"),
-    Rule("watched", "gitlab-sts.io", ("gitlabawsbindings/status",), ("patch",),
-         why="write Ready, subject and trustPolicy into each binding's status"),
-    Rule("watched", "", ("events",), ("create",),
-         why="Warning events on refused bindings"),
+    Rule("gitlab-sts.io", ("gitlabawsbindings",), ("get", "list", "watch"),
+         scope="watched", why="read bindings: the operator's own listing and watch (resourceVersion-based)"),
+    Rule("gitlab-sts.io", ("gitlabawsbindings/status",), ("patch",),
+         scope="watched", why="write Ready, subject and trustPolicy into each binding's status"),
+    Rule("", ("events",), ("create",),
+         scope="watched", why="Warning events on refused bindings"),
     # create cannot be limited by resourceNames (the name is not in the URL), get/patch can.
-    Rule("own", "", ("configmaps",), ("create",), why="create the bindings ConfigMap once"),
-    Rule("own", "", ("configmaps",), ("get", "patch"), (BINDINGS_CONFIGMAP,),
-         why="rewrite the bindings ConfigMap"),
-    Rule("own", "", ("configmaps",), ("get", "patch"), (STATUS_CONFIGMAP,),
-         why="the status users read with kubectl (publish.json, keys.json, pinned-jwks.json)"),
-    Rule("own", "", ("configmaps",), ("get", "patch"), (PINNED_JWKS_CONFIGMAP,),
-         why="refreshed copies of pinned GitLab key sets (settings gitlab[].pinnedJwksSource)"),
-    Rule("own", "", ("secrets",), ("create",), why="create the keys Secret once"),
-    Rule("own", "", ("secrets",), ("get", "patch"), (KEYS_SECRET,), why="rotate the signing keys"),
-    Rule("own", "", ("events",), ("create",), why="the KeySetCorrupted Warning event on the keys Secret"),
-    Rule("own", "coordination.k8s.io", ("leases",), ("list", "watch"),
-         why="read the exchange pods' Leases: which bindings documents they serve (the Served condition)"),
+    Rule("", ("configmaps",), ("create",), scope="own", why="create the bindings ConfigMap once"),
+    Rule("", ("configmaps",), ("get", "patch"), (BINDINGS_CONFIGMAP,),
+         scope="own", why="rewrite the bindings ConfigMap"),
+    Rule("", ("configmaps",), ("get", "patch"), (STATUS_CONFIGMAP,),
+         scope="own", why="the status users read with kubectl (publish.json, keys.json, pinned-jwks.json)"),
+    Rule("", ("configmaps",), ("get", "patch"), (PINNED_JWKS_CONFIGMAP,),
+         scope="own", why="refreshed copies of pinned GitLab key sets (settings gitlab[].pinnedJwksSource)"),
+    Rule("", ("secrets",), ("create",), scope="own", why="create the keys Secret once"),
+    Rule("", ("secrets",), ("get", "patch"), (KEYS_SECRET,), scope="own", why="rotate the signing keys"),
+    Rule("", ("events",), ("create",), scope="own", why="the KeySetCorrupted Warning event on the keys Secret"),
+    Rule("coordination.k8s.io", ("leases",), ("list", "watch"),
+         scope="own", why="read the exchange pods' Leases: which bindings documents they serve (the Served condition)"),
 )
 
 

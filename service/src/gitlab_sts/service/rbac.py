@@ -7,35 +7,15 @@ follower always sends a metadata.name field selector), plus the pod's own Lease 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import yaml
+
+from gitlab_sts.core.rbac import PolicyRule as Rule
 
 # Placeholders the chart replaces with the configured object names.
 SETTINGS_CONFIGMAP = "${settingsConfigMap}"
 BINDINGS_CONFIGMAP = "${bindingsConfigMap}"
 PINNED_JWKS_CONFIGMAP = "${pinnedJwksConfigMap}"
 KEYS_SECRET = "${keysSecret}"  # noqa: S105 - a placeholder name
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Verbs on resources in the release namespace (a Role)."""
-
-    api_group: str
-    resources: tuple[str, ...]
-    verbs: tuple[str, ...]
-    resource_names: tuple[str, ...] = ()
-    why: str = ""
-
-    def as_k8s(self) -> dict[str, Any]:
-        """The PolicyRule form."""
-        out: dict[str, Any] = {"apiGroups": [self.api_group], "resources": list(self.resources),
-                               "verbs": list(self.verbs)}
-        if self.resource_names:
-            out["resourceNames"] = list(self.resource_names)
-        return out
 
 
 RULES: tuple[Rule, ...] = (
