@@ -18,11 +18,11 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import Message
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from gitlab_sts.core import httpfetch
 from gitlab_sts.core.errors import ConfigError
 from gitlab_sts.core.keys import KEYSET_FILE, parse_keyring
 
@@ -41,15 +41,6 @@ class Finding:
 
     level: str
     message: str
-
-
-@dataclass
-class Fetched:
-    """An HTTP answer that was read completely."""
-
-    status: int
-    headers: Message
-    body: bytes
 
 
 @dataclass
@@ -147,15 +138,13 @@ class Doctor:
 
     # -- fetching -------------------------------------------------------------------------------------
 
-    def _fetch(self, url: str, what: str) -> Fetched | None:
-        context = ssl.create_default_context(cafile=self.ca_bundle)
-        opener = urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
-        request = urllib.request.Request(url, headers={"Accept": "application/json",  # noqa: S310 - https only
-                                                       "User-Agent": "gitlab-sts-doctor"})
+    def _fetch(self, url: str, what: str) -> httpfetch.Fetched | None:
         try:
-            with opener.open(request, timeout=self.timeout) as response:  # noqa: S310 - https only
-                body = response.read(MAX_BYTES + 1)
-                fetched = Fetched(response.status, response.headers, body)
+            return httpfetch.get(httpfetch.opener(self.ca_bundle), url, max_bytes=MAX_BYTES, timeout=self.timeout,
+                                 user_agent="gitlab-sts-doctor")
+        except httpfetch.TooLarge:
+            self.problem(f"{what} at {url} is larger than {MAX_BYTES // 1024} KiB")
+            return None
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 self.problem(f"{what} at {url} answered a redirect (HTTP {exc.code} to "
@@ -183,21 +172,17 @@ class Doctor:
         except OSError as exc:
             self.problem(f"{what} at {url} is unreachable ({exc})")
             return None
-        if len(fetched.body) > MAX_BYTES:
-            self.problem(f"{what} at {url} is larger than {MAX_BYTES // 1024} KiB")
-            return None
-        return fetched
 
     def _get_json(self, url: str, what: str) -> dict[str, Any] | None:
         fetched = self._fetch(url, what)
         if fetched is None:
             return None
         try:
-            doc = json.loads(fetched.body)
-        except ValueError:
+            doc = httpfetch.json_object(fetched.body)
+        except httpfetch.NotJson:
             self.problem(f"{what} at {url} is not JSON")
             return None
-        if not isinstance(doc, dict):
+        except httpfetch.NotAnObject:
             self.problem(f"{what} at {url} is not a JSON object")
             return None
         self.ok(f"fetched {what} from {url} over verified TLS")
@@ -320,11 +305,6 @@ class Doctor:
                          "\"Couldn't retrieve verification key from your identity provider\"")
         if wanted and not missing:
             self.ok(f"every expected key is published ({len(wanted)})")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def report(findings: Sequence[Finding], issuer: str, out: TextIO) -> None:

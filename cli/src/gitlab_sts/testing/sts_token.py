@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import ssl
 import threading
 import time
 import urllib.error
@@ -21,6 +20,7 @@ from typing import Any
 from joserfc import jwk, jws
 from joserfc.errors import JoseError
 
+from gitlab_sts.core import httpfetch
 from gitlab_sts.core.jwtparse import b64url_decode
 from gitlab_sts.core.tags import MAX_KEY, MAX_TAGS, sanitise_source_identity, sanitise_value
 from gitlab_sts.testing.sts_config import Provider, StsConfigError, check_fetch_url
@@ -67,12 +67,6 @@ class ValidToken:
     source_identity: str | None = None
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        # Following a redirect would let a token's issuer move key material elsewhere silently.
-        return None
-
-
 class KeyFetcher:
     """Fetches and briefly caches each issuer's discovery document and JWKS."""
 
@@ -81,9 +75,8 @@ class KeyFetcher:
         self._cache_seconds = cache_seconds
         self._timeout = timeout
         self._clock = clock
-        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context), _NoRedirect())
+        # No redirects: following one would let a token's issuer move key material elsewhere silently.
+        self._opener = httpfetch.opener(ca_bundle, proxies=False)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self.fetches = 0  # how many JWKS fetches happened (tests check the cache with it)
@@ -119,27 +112,24 @@ class KeyFetcher:
 
     def _get_json(self, url: str, what: str) -> dict[str, Any]:
         # Only https/loopback-http URLs reach here (check_fetch_url on the provider and jwks_uri).
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
         try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                body = response.read(MAX_DOCUMENT_BYTES + 1)
+            fetched = httpfetch.get(self._opener, url, max_bytes=MAX_DOCUMENT_BYTES, timeout=self._timeout)
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code == 429:
                 raise StsFault("IDPCommunicationError", KEY_NOT_FOUND, 400,
                                detail=f"{what} {url} answered HTTP {exc.code}") from None
             raise invalid(KEY_NOT_FOUND, f"{what} {url} answered HTTP {exc.code}") from None
+        except httpfetch.TooLarge:
+            raise invalid(KEY_NOT_FOUND, f"{what} {url} is larger than {MAX_DOCUMENT_BYTES} bytes") from None
         except (urllib.error.URLError, OSError) as exc:
             raise StsFault("IDPCommunicationError", KEY_NOT_FOUND, 400,
                            detail=f"{what} {url} unreachable: {exc}") from None
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise invalid(KEY_NOT_FOUND, f"{what} {url} is larger than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            return httpfetch.json_object(fetched.body)
+        except httpfetch.NotJson:
             raise invalid(KEY_NOT_FOUND, f"{what} {url} is not JSON") from None
-        if not isinstance(value, dict):
-            raise invalid(KEY_NOT_FOUND, f"{what} {url} is not a JSON object")
-        return value
+        except httpfetch.NotAnObject:
+            raise invalid(KEY_NOT_FOUND, f"{what} {url} is not a JSON object") from None
 
 
 def _segment(part: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from typing import Any
 # The Lease the operator reads (core.served): labels, and the annotation listing the served document digests.
 from gitlab_sts.core.served import LEASE_LABELS, SERVED_ANNOTATION
 from gitlab_sts.service.kubeapi import KubeAccess, KubeApi, KubeError, object_path, write_atomically
-from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.paths import ConfigPaths, fingerprint
 
 log = logging.getLogger("gitlab_sts.service.follow")
 
@@ -240,20 +240,7 @@ def read_volume(volume: ConfigPaths, name: str) -> Files:
 
 def _volume_print(volume: ConfigPaths, name: str) -> tuple[object, ...]:
     path = {SETTINGS: volume.settings, BINDINGS: volume.bindings, KEYS: volume.keys, PINNED: volume.pinned}[name]
-    if path is None:
-        return ()
-    try:
-        if path.is_dir():
-            out: list[object] = []
-            for entry in sorted(os.scandir(path), key=lambda e: e.name):
-                with contextlib.suppress(OSError):
-                    st = os.stat(entry.path)
-                    out.append((entry.name, os.path.realpath(entry.path), st.st_ino, st.st_size, st.st_mtime_ns))
-            return tuple(out)
-        st = path.stat()
-        return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    except OSError:
-        return ("missing",)
+    return () if path is None else fingerprint(path)
 
 
 class Follower:

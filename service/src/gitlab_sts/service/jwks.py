@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import ssl
 import threading
 import time
 import urllib.error
@@ -16,6 +14,7 @@ from typing import Any
 
 from joserfc.jwk import KeySet
 
+from gitlab_sts.core import httpfetch
 from gitlab_sts.core.errors import TemporarilyUnavailable
 from gitlab_sts.core.settings import GitLabInstance, JwksSettings, check_url
 from gitlab_sts.service import metrics
@@ -39,12 +38,6 @@ class _Entry:
     pinned: dict[str, Any] | None = None  # the pinned document `keys` was imported from
     # Looked up when an entry is made, not at import: under gevent it must be the patched (greenlet) lock.
     lock: threading.Lock = field(default_factory=lambda: threading.Lock())
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect would lead to a URL that is not in settings.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def _max_age(cache_control: str | None) -> int | None:
@@ -186,32 +179,24 @@ class JwksCache:
             raise FetchError(str(exc)) from None
 
     def _get_json(self, url: str, instance: GitLabInstance) -> tuple[dict[str, Any], str | None]:
-        context = ssl.create_default_context(cafile=instance.ca_bundle) if url.startswith("https:") else None
-        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-        if context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        opener = urllib.request.build_opener(*handlers)
-        # Only http(s) URLs from settings (checked by check_url) reach this point.
-        request = urllib.request.Request(url, headers={"Accept": "application/json",  # noqa: S310
-                                                       "User-Agent": "gitlab-sts"})
+        # A redirect would lead to a URL that is not in settings: httpfetch follows none.
         try:
-            with opener.open(request, timeout=self.settings.timeout_seconds) as response:  # noqa: S310
-                body = response.read(MAX_DOCUMENT_BYTES + 1)
-                cache_control = response.headers.get("Cache-Control")
+            fetched = httpfetch.get(httpfetch.opener(instance.ca_bundle), url, max_bytes=MAX_DOCUMENT_BYTES,
+                                    timeout=self.settings.timeout_seconds)
         except urllib.error.HTTPError as exc:
             raise FetchError(f"{url} answered HTTP {exc.code}") from None
+        except httpfetch.TooLarge:
+            raise FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes") from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise FetchError(f"{url} unreachable: {reason}") from None
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            doc = json.loads(body)
-        except ValueError:
+            doc = httpfetch.json_object(fetched.body)
+        except httpfetch.NotJson:
             raise FetchError(f"{url} did not answer JSON") from None
-        if not isinstance(doc, dict):
-            raise FetchError(f"{url} did not answer a JSON object")
-        return doc, cache_control
+        except httpfetch.NotAnObject:
+            raise FetchError(f"{url} did not answer a JSON object") from None
+        return doc, fetched.headers.get("Cache-Control")
 
 
 def _unavailable(retry_after: float) -> TemporarilyUnavailable:

@@ -32,3 +32,24 @@ class ConfigPaths:
             development_keys=os.environ.get("GITLAB_STS_DEVELOPMENT_KEYS") == "1",
             pinned=Path(os.environ.get("GITLAB_STS_PINNED_DIR", base / "pinned")),
         )
+
+
+def fingerprint(path: Path) -> tuple[object, ...]:
+    """A cheap change detector: (inode, size, mtime) of a file or of every entry of a folder."""
+    try:
+        if path.is_dir():
+            # ConfigMap/Secret volumes swap a `..data` symlink; resolving entries catches that.
+            out: list[object] = []
+            for entry in sorted(os.scandir(path), key=lambda e: e.name):
+                if entry.name.startswith("..") and entry.name != "..data":
+                    continue
+                try:
+                    st = os.stat(entry.path)
+                except OSError:  # removed (or made unreadable) between the listing and the stat
+                    continue
+                out.append((entry.name, os.path.realpath(entry.path), st.st_ino, st.st_size, st.st_mtime_ns))
+            return tuple(out)
+        st = path.stat()
+        return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:  # missing or unreadable: the load that follows says which
+        return ("missing",)

@@ -26,7 +26,7 @@ from gitlab_sts.core.keys import KEYSET_FILE, KeyRing, parse_keyring
 from gitlab_sts.core.pinnedjwks import PinnedCopy, apply_copies, file_name, parse_copy
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.service import gcpolicy, metrics
-from gitlab_sts.service.paths import ConfigPaths
+from gitlab_sts.service.paths import ConfigPaths, fingerprint
 from gitlab_sts.service.preflight import read_error
 
 log = logging.getLogger("gitlab_sts.service")
@@ -48,27 +48,6 @@ class Snapshot:
     bindings_digest: str = ""
     # Issuers whose pinned key set in `settings` is the operator's refreshed copy (core.pinnedjwks).
     pinned_from_operator: frozenset[str] = frozenset()
-
-
-def _fingerprint(path: Path) -> tuple[object, ...]:
-    """A cheap change detector: (inode, size, mtime) of a file or of every entry of a folder."""
-    try:
-        if path.is_dir():
-            # ConfigMap/Secret volumes swap a `..data` symlink; resolving entries catches that.
-            out: list[object] = []
-            for entry in sorted(os.scandir(path), key=lambda e: e.name):
-                if entry.name.startswith("..") and entry.name != "..data":
-                    continue
-                try:
-                    st = os.stat(entry.path)
-                except FileNotFoundError:
-                    continue
-                out.append((entry.name, os.path.realpath(entry.path), st.st_ino, st.st_size, st.st_mtime_ns))
-            return tuple(out)
-        st = path.stat()
-        return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    except FileNotFoundError:
-        return ("missing",)
 
 
 class ConfigState:
@@ -139,7 +118,7 @@ class ConfigState:
         return self.snapshot
 
     def _changed(self, name: str, path: Path, force: bool) -> bool:
-        fp = _fingerprint(path)
+        fp = fingerprint(path)
         if not force and self._prints.get(name) == fp:
             return False
         self._prints[name] = fp
