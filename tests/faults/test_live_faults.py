@@ -19,7 +19,15 @@ import jwt as pyjwt
 import requests
 
 from gitlab_sts.core.keys import KEYSET_FILE
-from tests.service.harness import GRANT, JWT_TYPE, FakeGitLabProcess, Service, eventually, start_service
+from tests.service.harness import (
+    GRANT,
+    JWT_TYPE,
+    BackgroundThreads,
+    FakeGitLabProcess,
+    Service,
+    eventually,
+    start_service,
+)
 
 SUBJECT = "system:gitlabawsbinding:team-payments:deploy-staging"
 
@@ -28,13 +36,13 @@ def _staging(svc: Service) -> str:
     return svc.job_token(environment="staging", environment_protected="false")
 
 
-class Load:
+class Load(BackgroundThreads):
     """Threads exchanging tokens in a loop; every answer is kept for checking."""
 
     def __init__(self, svc: Service, tokens: Callable[[], list[str]], threads: int = 4) -> None:
         self.svc = svc
         self.tokens = tokens
-        self.stop = threading.Event()
+        super().__init__()
         self.answers: list[tuple[int, dict[str, Any] | None]] = []
         self.connection_errors = 0
         self.lock = threading.Lock()
@@ -62,16 +70,6 @@ class Load:
                 body = None
             with self.lock:
                 self.answers.append((r.status_code, body))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
     def statuses(self) -> Counter[int]:
         """How many answers of each HTTP status."""

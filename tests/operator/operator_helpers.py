@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from gitlab_sts.core.keys import ManagedKey, generate_key
 from gitlab_sts.core.settings import Settings, parse_settings
 from gitlab_sts.operator import metrics
-from gitlab_sts.operator.kube import ApiError
+from gitlab_sts.operator.config import OperatorConfig
+from gitlab_sts.operator.kube import ApiError, Endpoint
+from gitlab_sts.operator.runtime import Runtime, build_runtime
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -86,3 +92,27 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0)
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(k8s: Any, cfg: OperatorConfig) -> AsyncIterator[Runtime]:
+    """The whole operator runtime (watch, status workers, writer, key loop) against KMock, seeded, then stopped."""
+    rt = build_runtime(cfg, settings(), Endpoint(server=str(k8s.server.url)), new_key=es256)
+    await rt.start()
+    try:
+        assert rt.watcher is not None
+        await asyncio.wait_for(rt.watcher.seeded(), 30)
+        yield rt
+    finally:
+        await rt.stop()
+
+
+def kmock_kubeconfig(k8s: Any, path: Path) -> Path:
+    """Write a kubeconfig (token user) that points at the KMock server; returns its path."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(k8s.server.url).rstrip("/")}}],
+        "users": [{"name": "u", "user": {"token": "test"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}],
+    }))
+    return path

@@ -6,7 +6,6 @@ failed status patch, ConfigMap or Secret write is retried until it succeeds; a d
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from conftest import Fault
-from operator_helpers import es256, eventually, manifest, metric, settings, spec
+from operator_helpers import es256, eventually, manifest, metric, running_operator, settings, spec
 
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
@@ -31,12 +30,8 @@ STATUS = r"/gitlabawsbindings/[^/]+/status$"
 async def running(k8s: Any) -> AsyncIterator[Runtime]:
     """The whole operator runtime (watch, status workers, writer, key loop) against the emulator."""
     cfg = OperatorConfig(namespace="gitlab-sts", debounce_seconds=0.05, resync_seconds=3600)
-    rt = build_runtime(cfg, settings(), Endpoint(server=str(k8s.server.url)), new_key=es256)
-    await rt.start()
-    assert rt.watcher is not None
-    await asyncio.wait_for(rt.watcher.seeded(), 30)
-    yield rt
-    await rt.stop()
+    async with running_operator(k8s, cfg) as rt:
+        yield rt
 
 
 async def ready(client: KubeClient, ns: str, name: str, generation: int = 1) -> dict[str, Any]:

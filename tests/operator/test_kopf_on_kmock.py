@@ -11,8 +11,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-import yaml
-from operator_helpers import SETTINGS_YAML, eventually, manifest
+from operator_helpers import SETTINGS_YAML, eventually, kmock_kubeconfig, manifest
 
 from gitlab_sts.operator import handlers
 from gitlab_sts.operator.kube import KubeClient, path_for
@@ -27,13 +26,7 @@ CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
 async def test_operator_under_kopf(k8s: Any, client: KubeClient, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "settings.yaml").write_text(SETTINGS_YAML)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(k8s.server.url).rstrip("/")}}],
-        "users": [{"name": "u", "user": {"token": "test"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}],
-    }))
+    kubeconfig = kmock_kubeconfig(k8s, tmp_path / "kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("GITLAB_STS_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv("GITLAB_STS_NAMESPACE", "gitlab-sts")

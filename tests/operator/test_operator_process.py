@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import SETTINGS_YAML, manifest
+from operator_helpers import SETTINGS_YAML, kmock_kubeconfig, manifest
 from test_convergence import eventually, in_config, ready
 
 from gitlab_sts.operator.kube import KubeClient, path_for
@@ -30,13 +30,7 @@ def free_port() -> int:
 
 
 def operator_env(k8s: Any, tmp_path: Path) -> dict[str, str]:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(k8s.server.url).rstrip("/")}}],
-        "users": [{"name": "u", "user": {"token": "test"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}],
-    }))
+    kubeconfig = kmock_kubeconfig(k8s, tmp_path / "kubeconfig")
     return {**os.environ, "KUBECONFIG": str(kubeconfig), "GITLAB_STS_CONFIG_DIR": str(tmp_path),
             "GITLAB_STS_NAMESPACE": "gitlab-sts", "GITLAB_STS_OPERATOR_METRICS_PORT": str(free_port()),
             "GITLAB_STS_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",

@@ -11,14 +11,14 @@ from typing import Any
 import kmock
 import pytest
 import pytest_asyncio
-from operator_helpers import es256, eventually, manifest, settings, spec
+from operator_helpers import eventually, manifest, running_operator, spec
 
 from gitlab_sts.core.served import LEASE_LABELS, SERVED_ANNOTATION
 from gitlab_sts.operator.config import OperatorConfig
 from gitlab_sts.operator.configsync import stored_digest
-from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
+from gitlab_sts.operator.kube import KubeClient, path_for
 from gitlab_sts.operator.reconcile import PLURAL
-from gitlab_sts.operator.runtime import Runtime, build_runtime
+from gitlab_sts.operator.runtime import Runtime
 
 API = "gitlab-sts.io/v1alpha1"
 NS = "gitlab-sts"
@@ -34,12 +34,8 @@ async def running(k8s: Any) -> AsyncIterator[Runtime]:
                                                                           verbs={"get", "list", "watch", "create",
                                                                                  "patch"})
     cfg = OperatorConfig(namespace=NS, debounce_seconds=0.05, resync_seconds=3600, exchange_lease_prefix="gitlab-sts")
-    rt = build_runtime(cfg, settings(), Endpoint(server=str(k8s.server.url)), new_key=es256)
-    await rt.start()
-    assert rt.watcher is not None
-    await asyncio.wait_for(rt.watcher.seeded(), 30)
-    yield rt
-    await rt.stop()
+    async with running_operator(k8s, cfg) as rt:
+        yield rt
 
 
 async def put_lease(client: KubeClient, pod: str, digests: list[str], renewed: datetime | None = None) -> None:

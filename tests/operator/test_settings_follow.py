@@ -3,7 +3,6 @@ issuers and the issuer in every trust policy; a broken file keeps the previous s
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,12 +10,20 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from operator_helpers import GUARDED_YAML, SETTINGS_YAML, es256, eventually, manifest, metric, settings, spec
+from operator_helpers import (
+    GUARDED_YAML,
+    SETTINGS_YAML,
+    eventually,
+    manifest,
+    metric,
+    running_operator,
+    spec,
+)
 
 from gitlab_sts.operator.config import OperatorConfig
-from gitlab_sts.operator.kube import Endpoint, KubeClient, path_for
+from gitlab_sts.operator.kube import KubeClient, path_for
 from gitlab_sts.operator.reconcile import PLURAL
-from gitlab_sts.operator.runtime import Runtime, build_runtime
+from gitlab_sts.operator.runtime import Runtime
 
 API = "gitlab-sts.io/v1alpha1"
 CM = path_for("v1", "configmaps", "gitlab-sts", "gitlab-sts-bindings")
@@ -34,12 +41,8 @@ def write(path: Path, text: str) -> None:
 async def running(k8s: Any, tmp_path: Path) -> AsyncIterator[Runtime]:
     (tmp_path / "settings.yaml").write_text(SETTINGS_YAML)
     cfg = OperatorConfig(namespace="gitlab-sts", debounce_seconds=0.05, resync_seconds=3600, config_dir=tmp_path)
-    rt = build_runtime(cfg, settings(), Endpoint(server=str(k8s.server.url)), new_key=es256)
-    await rt.start()
-    assert rt.watcher is not None
-    await asyncio.wait_for(rt.watcher.seeded(), 30)
-    yield rt
-    await rt.stop()
+    async with running_operator(k8s, cfg) as rt:
+        yield rt
 
 
 async def ready(client: KubeClient, ns: str, name: str) -> dict[str, Any]:

@@ -6,11 +6,12 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -229,3 +230,23 @@ def eventually(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
+
+
+class BackgroundThreads:
+    """Threads (self.threads, set by a subclass) that run from the `with` block's start until self.stop at its end."""
+
+    join_timeout = 30.0
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.join_timeout)

@@ -12,7 +12,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from gitlab_sts.testing.gitlab import job_claims
-from tests.service.harness import FakeGitLabProcess, Service, eventually, start_service
+from tests.service.harness import BackgroundThreads, FakeGitLabProcess, Service, eventually, start_service
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -32,25 +32,17 @@ def _jwks_requests(fake: FakeGitLabProcess) -> int:
     return int(requests.get(fake.issuer + "/-/test/control", timeout=10).json()["jwks_requests"])
 
 
-class ForgedFlood:
+class ForgedFlood(BackgroundThreads):
     """Threads sending tokens with random kids, signed by an attacker's key, as fast as answers come."""
+
+    join_timeout = 60.0
 
     def __init__(self, svc: Service, threads: int = 8) -> None:
         self.svc = svc
-        self.stop = threading.Event()
+        super().__init__()
         self.statuses: Counter[int] = Counter()
         self.key = RSAKey.generate_key(2048, private=True)
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def __enter__(self) -> ForgedFlood:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
 
     def _run(self, slot: int) -> None:
         n = 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.service.harness import FakeGitLabProcess, Service, eventually, start_service
+from tests.service.harness import BackgroundThreads, FakeGitLabProcess, Service, eventually, start_service
 
 IDLE = 500
 SLOW = 20
@@ -60,27 +60,17 @@ HEADERS = (b"POST /v1/token HTTP/1.1\r\nHost: sts\r\nContent-Type: application/x
            b"Content-Length: 300\r\n\r\n")
 
 
-class SlowClients:
+class SlowClients(BackgroundThreads):
     """Half send request headers a byte at a time, half a body a byte at a time; each reconnects when cut off."""
 
     def __init__(self, url: str, count: int, interval: float) -> None:
         self.url, self.interval = url, interval
-        self.stop = threading.Event()
+        super().__init__()
         self.cut_off_in_headers = 0
         self.cut_off_in_body = 0
         self.other: list[str] = []
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i % 2 == 0,), daemon=True) for i in range(count)]
-
-    def __enter__(self) -> SlowClients:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
     def _run(self, in_headers: bool) -> None:
         while not self.stop.is_set():
